@@ -1,0 +1,113 @@
+/**
+ * Builds the HTTP server (does not listen): error shape, validation, authentication, OpenAPI and
+ * routes. Tests and `keysmith serve` both start from here.
+ */
+import { readFileSync } from 'node:fs';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import { KeysmithError } from '../errors.js';
+import { newId } from '../ids.js';
+import type { Services } from '../app.js';
+import type { Principal } from '../auth/auth-service.js';
+import { sysRoutes } from './routes/sys.js';
+import { svmRoutes } from './routes/svms.js';
+import { keyManagerRoutes } from './routes/key-managers.js';
+import { keyRoutes } from './routes/keys.js';
+import { principalRoutes } from './routes/principals.js';
+import { auditRoutes } from './routes/audit.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal?: Principal;
+  }
+  interface FastifyContextConfig {
+    /** Routes that answer without credentials (health, API reference). */
+    public?: boolean;
+  }
+}
+
+/** Maps a Fastify/Ajv validation failure to ONTAP's error body. */
+function validationError(e: FastifyError): KeysmithError {
+  const v = e.validation?.[0];
+  const where = e.validationContext === 'querystring' ? '' : '';
+  if (v?.keyword === 'additionalProperties') {
+    const field = String((v.params as { additionalProperty?: string }).additionalProperty ?? '');
+    const path = [v.instancePath.replace(/^\//, '').replace(/\//g, '.'), field].filter(Boolean).join('.');
+    return new KeysmithError('unexpected_argument', `Unexpected argument "${path}".`, path);
+  }
+  const path = (v?.instancePath ?? '').replace(/^\//, '').replace(/\//g, '.');
+  const missing = v?.keyword === 'required' ? String((v.params as { missingProperty?: string }).missingProperty ?? '') : '';
+  const target = [path, missing].filter(Boolean).join('.') || undefined;
+  const message = missing ? `Field "${target}" is required.` : `Field "${target ?? e.validationContext}" ${v?.message ?? 'is invalid'}.`;
+  void where;
+  return new KeysmithError('invalid_field', message, target);
+}
+
+export async function buildServer(s: Services): Promise<FastifyInstance> {
+  const https = s.config.tlsCert && s.config.tlsKey ? { cert: readFileSync(s.config.tlsCert), key: readFileSync(s.config.tlsKey) } : null;
+  const app = Fastify({
+    loggerInstance: s.log,
+    genReqId: () => newId('req'),
+    bodyLimit: 64 * 1024 * 1024,
+    ...(https ? { https } : {}),
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+  }) as unknown as FastifyInstance;
+
+  app.setErrorHandler((error: FastifyError | KeysmithError, req: FastifyRequest, reply: FastifyReply) => {
+    let ke: KeysmithError;
+    if (error instanceof KeysmithError) ke = error;
+    else if ((error as FastifyError).validation) ke = validationError(error as FastifyError);
+    else if ((error as FastifyError).code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') ke = new KeysmithError('invalid_field', 'Send the body as application/json.');
+    else if ((error as FastifyError).code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || (error as FastifyError).code === 'FST_ERR_CTP_INVALID_JSON_BODY' || (error as FastifyError).statusCode === 400) {
+      ke = new KeysmithError('invalid_field', 'The request body is not valid JSON.');
+    } else if ((error as FastifyError).statusCode === 413) ke = new KeysmithError('invalid_field', 'The request body is too large.');
+    else {
+      // A bug or an infrastructure failure: log it for operators, tell the client nothing of its details.
+      req.log.error({ err: { message: error.message, code: (error as FastifyError).code, stack: error.stack } }, 'request failed');
+      ke = new KeysmithError('internal');
+    }
+    if (ke.status >= 500 && ke.kind !== 'internal') req.log.warn({ code: ke.code }, ke.message);
+    if (ke.status === 401) reply.header('www-authenticate', 'Basic realm="keysmith", Bearer');
+    return reply.status(ke.status).type('application/hal+json').send(ke.toBody());
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    const ke = new KeysmithError('not_found', `No resource at ${req.method} ${req.url.split('?')[0]}.`);
+    return reply.status(404).send(ke.toBody());
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      info: {
+        title: 'Keysmith API',
+        version: '0.1.0',
+        description:
+          'Keysmith speaks ONTAP-shaped security REST (`/api/security/key-managers`, `/api/svm/svms`, `/api/cluster`) and its own data plane (`/api/v1/...`). Errors are ONTAP error bodies `{"error":{"code","message","target"}}`. Keysmith-only paths under ONTAP resources (backup verify/restore) are marked as such.',
+      },
+      components: {
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer' },
+          basic: { type: 'http', scheme: 'basic' },
+        },
+      },
+      security: [{ bearer: [] }, { basic: [] }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { docExpansion: 'list' } });
+  app.get('/api/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
+
+  app.addHook('onRequest', async (req) => {
+    if (req.routeOptions.config?.public || req.url.startsWith('/docs')) return;
+    if (!req.routeOptions.url) return; // unknown route: let the 404 handler answer
+    req.principal = await s.auth.authenticate(req.headers.authorization);
+  });
+
+  await app.register(sysRoutes(s));
+  await app.register(svmRoutes(s));
+  await app.register(keyManagerRoutes(s));
+  await app.register(keyRoutes(s));
+  await app.register(principalRoutes(s));
+  await app.register(auditRoutes(s));
+  return app;
+}

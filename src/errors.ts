@@ -1,0 +1,107 @@
+/**
+ * The one catalog of Keysmith errors. Each entry has a stable name and maps, here and only here,
+ * to the ONTAP error code and HTTP status it is reported with. ONTAP codes in the 655xxxxx and
+ * 660xxxxx ranges come from the ONTAP security REST reference; the small ones (1, 2, 3, 4, 6, 8)
+ * and 2621xx are ONTAP's common errors; codes 656000xx, 10, 11 and 12 are Keysmith's own, in ranges
+ * ONTAP does not use, and are documented in docs/errors.md.
+ *
+ * A test keeps this catalog, docs/errors.md and the code in step: every entry is used somewhere
+ * and documented, and every code raised is in the catalog.
+ */
+
+export interface ErrorSpec {
+  readonly code: string;
+  readonly status: number;
+  readonly message: string;
+}
+
+export const ERRORS = {
+  // ONTAP common errors
+  duplicate: { code: '1', status: 409, message: 'An object with the same identifier already exists.' },
+  invalid_field: { code: '2', status: 400, message: 'A field has an invalid value, is missing, or an extra field was provided.' },
+  not_supported: { code: '3', status: 400, message: 'The operation is not supported.' },
+  not_found: { code: '4', status: 404, message: "entry doesn't exist" },
+  permission_denied: { code: '6', status: 403, message: 'not authorized for that command' },
+  in_use: { code: '8', status: 409, message: 'The resource is in use.' },
+  unexpected_argument: { code: '262179', status: 400, message: 'Unexpected argument.' },
+  invalid_value: { code: '262197', status: 400, message: 'Invalid value for field.' },
+  not_authenticated: { code: '10', status: 401, message: 'Authentication is required: send a bearer token or HTTP Basic credentials.' },
+  too_many_failures: { code: '11', status: 429, message: 'Too many failed sign-in attempts; try again later.' },
+  internal: { code: '5', status: 500, message: 'Internal error.' },
+
+  // Onboard key manager (ONTAP PATCH /security/key-managers/{uuid})
+  passphrase_mismatch: { code: '65536139', status: 400, message: 'The existing passphrase value provided does not match the configured passphrase.' },
+  passphrase_same: { code: '65536150', status: 400, message: 'The new passphrase is same as old passphrase.' },
+  passphrase_length: { code: '65536404', status: 400, message: 'The passphrase does not match the accepted length.' },
+  passphrase_both_needed: { code: '65536917', status: 400, message: 'Updating an onboard passphrase requires both new and existing cluster passphrase.' },
+  sync_needs_existing: { code: '65537242', status: 400, message: 'The Onboard Key Manager existing_passphrase must be provided when performing a PATCH/synchronize operation.' },
+  sync_forbids_passphrase: { code: '65537243', status: 400, message: 'The Onboard Key Manager passphrase must not be provided when performing a PATCH/synchronize operation.' },
+  key_manager_exists: { code: '65600016', status: 409, message: 'A key manager is already configured for this SVM.' },
+  key_manager_missing: { code: '65600017', status: 409, message: 'No key manager protects this SVM: configure one first.' },
+  key_manager_in_use: { code: '65600015', status: 409, message: 'The key manager still protects keys and cannot be deleted.' },
+
+  // Keysmith's own: backup, seal, keys
+  backup_malformed: { code: '65600001', status: 400, message: 'The key backup is not a well-formed Keysmith backup (truncated, altered or not a backup).' },
+  backup_wrong_passphrase: { code: '65600002', status: 400, message: 'The key backup cannot be opened with this passphrase, or it has been tampered with.' },
+  backup_tampered: { code: '65600008', status: 400, message: 'The key backup opens with this passphrase but its contents were altered.' },
+  restore_not_empty: { code: '65600003', status: 409, message: 'Restore needs a Keysmith without key managers or keys.' },
+  sealed: { code: '65600004', status: 503, message: 'Keysmith is sealed: unseal it with the passphrase before keys can be served.' },
+  unseal_failed: { code: '65600005', status: 400, message: 'The passphrase does not open any sealed key manager.' },
+  not_synchronized: { code: '65600006', status: 503, message: 'This node holds no copy of the root key: run synchronize with the passphrase.' },
+  key_state: { code: '65600010', status: 409, message: 'The key is not in a state that allows this operation.' },
+  key_transition: { code: '65600011', status: 409, message: 'The key state transition is not allowed.' },
+  unwrap_failed: { code: '65600012', status: 400, message: 'The wrapped key cannot be unwrapped: it is malformed, altered, or belongs to another key or tenant.' },
+  svm_has_keys: { code: '65600013', status: 409, message: 'The SVM still owns keys or a key manager and cannot be deleted.' },
+  admin_svm_immutable: { code: '65600014', status: 400, message: 'The admin SVM cannot be deleted.' },
+  token_expired: { code: '12', status: 401, message: 'The token has expired or was revoked.' },
+  audit_chain_broken: { code: '65600020', status: 500, message: 'The audit chain does not verify.' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorName = keyof typeof ERRORS;
+
+export interface ErrorArgument {
+  code: string;
+  message: string;
+}
+
+/** A refusal with a catalog name. Thrown across layers and rendered once, by the HTTP error handler. */
+export class KeysmithError extends Error {
+  readonly name = 'KeysmithError';
+  constructor(
+    readonly kind: ErrorName,
+    readonly detail?: string,
+    readonly target?: string,
+    readonly args: ErrorArgument[] = [],
+  ) {
+    super(detail ?? ERRORS[kind].message);
+  }
+  get code(): string {
+    return ERRORS[this.kind].code;
+  }
+  get status(): number {
+    return ERRORS[this.kind].status;
+  }
+  toBody(): { error: { code: string; message: string; target?: string; arguments?: ErrorArgument[] } } {
+    const body: { code: string; message: string; target?: string; arguments?: ErrorArgument[] } = {
+      code: this.code,
+      message: this.detail ?? ERRORS[this.kind].message,
+    };
+    if (this.target !== undefined) body.target = this.target;
+    if (this.args.length > 0) body.arguments = this.args;
+    return { error: body };
+  }
+}
+
+export function fail(kind: ErrorName, detail?: string, target?: string): never {
+  throw new KeysmithError(kind, detail, target);
+}
+
+/** Result type for expected failures the caller must branch on. */
+export type Result<T, E extends ErrorName = ErrorName> = { ok: true; value: T } | { ok: false; error: E; detail?: string };
+
+export const ok = <T>(value: T): { ok: true; value: T } => ({ ok: true, value });
+export const err = <E extends ErrorName>(error: E, detail?: string): { ok: false; error: E; detail?: string } => ({
+  ok: false,
+  error,
+  detail,
+});

@@ -1,0 +1,270 @@
+/**
+ * Data encryption keys: the data plane of a tenant.
+ *
+ * Invariants:
+ * - DEK material exists in the store only wrapped by a tenant KEK version, bound (AAD) to its
+ *   tenant, id and KEK version; a wrapped key moved to another key or tenant fails to unwrap.
+ * - Plaintext leaves only in the response to generate-data-key and unwrap; it is never logged,
+ *   audited or kept after the response.
+ * - Lifecycle follows KMIP: pre-active → active → deactivated → destroyed, and compromise from any
+ *   live state. Destroying a key erases its wrapped material in the same transaction: gone for good.
+ * - Only active and deactivated keys unwrap (deactivated keys still process existing data).
+ */
+import { randomBytes } from 'node:crypto';
+import { open, readHeader, seal, type WrapContext } from '../crypto/aead.js';
+import { KeysmithError, fail } from '../errors.js';
+import { newId } from '../ids.js';
+import type { AuditService } from '../audit/audit-service.js';
+import type { Keyring } from './keyring.js';
+import type { Db, Tx } from '../store/schema.js';
+import type { DekRepo, DekRow } from '../store/dek-repo.js';
+import type { KekRepo } from '../store/kek-repo.js';
+import type { KeyManagerRepo } from '../store/key-manager-repo.js';
+import type { SvmRepo, SvmRow } from '../store/svm-repo.js';
+import type { Actor } from '../keymanagers/onboard-service.js';
+
+export const KEY_STATES = ['pre-active', 'active', 'deactivated', 'compromised', 'destroyed', 'destroyed-compromised'] as const;
+export type KeyState = (typeof KEY_STATES)[number];
+
+/** KMIP's allowed transitions; the action name says which. */
+const TRANSITIONS: Record<string, Partial<Record<KeyState, KeyState>>> = {
+  activate: { 'pre-active': 'active' },
+  deactivate: { active: 'deactivated' },
+  compromise: { 'pre-active': 'compromised', active: 'compromised', deactivated: 'compromised', destroyed: 'destroyed-compromised' },
+  destroy: { 'pre-active': 'destroyed', deactivated: 'destroyed', compromised: 'destroyed-compromised' },
+};
+export type KeyAction = 'activate' | 'deactivate' | 'compromise' | 'destroy';
+
+export const dekContext = (svmUuid: string, dekId: string, kekVersion: number): WrapContext => ({
+  purpose: 'dek',
+  tenant: svmUuid,
+  keyId: dekId,
+  version: kekVersion,
+});
+
+/** Client-facing wrapped form: 'K' | u8 len(id) | id | blob, base64. The blob names its KEK version. */
+export function encodeWrapped(dekId: string, blob: Buffer): string {
+  const id = Buffer.from(dekId, 'ascii');
+  return Buffer.concat([Buffer.from([0x4b, id.length]), id, blob]).toString('base64');
+}
+
+export function decodeWrapped(text: string): { dekId: string; blob: Buffer; kekVersion: number } | null {
+  if (typeof text !== 'string' || text.length > 4096 || !/^[A-Za-z0-9+/]+={0,2}$/.test(text)) return null;
+  const b = Buffer.from(text, 'base64');
+  if (b.length < 3 || b[0] !== 0x4b) return null;
+  const idLen = b[1];
+  if (b.length < 2 + idLen) return null;
+  const dekId = b.subarray(2, 2 + idLen).toString('ascii');
+  if (!/^dek_[0-9a-z]{26}$/.test(dekId)) return null;
+  const blob = b.subarray(2 + idLen);
+  const h = readHeader(blob);
+  if (!h) return null;
+  return { dekId, blob, kekVersion: h.wrapVersion };
+}
+
+export interface KeyView {
+  id: string;
+  svm: { uuid: string; name: string };
+  name: string | null;
+  algorithm: string;
+  length: number;
+  state: string;
+  kek_version: number;
+  created_at: string;
+  updated_at: string;
+  activated_at: string | null;
+  deactivated_at: string | null;
+  compromised_at: string | null;
+  destroyed_at: string | null;
+}
+
+export function keyView(row: DekRow, svm: SvmRow): KeyView {
+  return {
+    id: row.id,
+    svm: { uuid: svm.uuid, name: svm.name },
+    name: row.name,
+    algorithm: row.algorithm,
+    length: row.length,
+    state: row.state,
+    kek_version: row.kek_version,
+    created_at: row.created_at,
+    updated_at: row.updated_at,
+    activated_at: row.activated_at,
+    deactivated_at: row.deactivated_at,
+    compromised_at: row.compromised_at,
+    destroyed_at: row.destroyed_at,
+  };
+}
+
+export function createDekService(deps: {
+  db: Db;
+  deks: DekRepo;
+  keks: KekRepo;
+  keyManagers: Pick<KeyManagerRepo, 'findEnabledForSvm'>;
+  svms: Pick<SvmRepo, 'findAdmin'>;
+  keyring: Keyring;
+  audit: AuditService;
+  now?: () => Date;
+}) {
+  const { db, keyring, audit } = deps;
+  const now = () => (deps.now ?? (() => new Date()))().toISOString();
+
+  /** The tenant's active KEK, created (v1, under the governing key manager) on first use. */
+  async function activeKek(svm: SvmRow, tx: Tx) {
+    let row = await deps.keks.findActive(svm.uuid, tx);
+    if (!row) {
+      const admin = await deps.svms.findAdmin(tx);
+      const km = (await deps.keyManagers.findEnabledForSvm(svm.uuid, tx)) ?? (admin ? await deps.keyManagers.findEnabledForSvm(admin.uuid, tx) : undefined);
+      if (!km) fail('key_manager_missing');
+      const base = { id: newId('kek'), svm_uuid: svm.uuid, version: 1, key_manager_uuid: km.uuid, root_version: km.root_version, state: 'active' as const, created_at: now() };
+      const wrapped = keyring.wrapKek(km, base, randomBytes(32));
+      await deps.keks.insert({ ...base, wrapped }, tx);
+      row = { ...base, wrapped };
+    }
+    const kek = await keyring.kek(svm.uuid, row.version, tx);
+    if (!kek) throw new Error(`active KEK of ${svm.uuid} vanished`);
+    return kek;
+  }
+
+  async function createRow(svm: SvmRow, opts: { name?: string; length?: number; state?: 'pre-active' | 'active' }, who: Actor, action: string) {
+    if (keyring.isSealed()) fail('sealed');
+    const length = opts.length ?? 256;
+    const material = randomBytes(length / 8);
+    const id = newId('dek');
+    const t = now();
+    const state = opts.state ?? 'active';
+    let row!: DekRow;
+    await db.transaction().execute(async (tx) => {
+      const kek = await activeKek(svm, tx);
+      const blob = seal(kek.key, kek.row.id, kek.row.version, dekContext(svm.uuid, id, kek.row.version), material);
+      row = {
+        id,
+        svm_uuid: svm.uuid,
+        name: opts.name ?? null,
+        algorithm: 'AES',
+        length,
+        state,
+        kek_version: kek.row.version,
+        wrapped: blob,
+        created_at: t,
+        updated_at: t,
+        activated_at: state === 'active' ? t : null,
+        deactivated_at: null,
+        compromised_at: null,
+        destroyed_at: null,
+      };
+      await deps.deks.insert(row, tx);
+      await audit.recordIn(tx, { ...who, action, outcome: 'success', objectType: 'key', objectId: id, svmUuid: svm.uuid, detail: { length, state } });
+    });
+    return { row, material };
+  }
+
+  function unwrapOne(svm: SvmRow, row: DekRow | undefined, parsed: NonNullable<ReturnType<typeof decodeWrapped>>, kek: Buffer | undefined): Buffer {
+    if (!row) throw new KeysmithError('unwrap_failed');
+    if (row.state !== 'active' && row.state !== 'deactivated') throw new KeysmithError('key_state', `Key ${row.id} is ${row.state}: it cannot be unwrapped.`);
+    if (!kek) throw new KeysmithError('unwrap_failed', `The KEK version ${parsed.kekVersion} that wrapped this key is no longer available.`);
+    const plain = open(kek, dekContext(svm.uuid, parsed.dekId, parsed.kekVersion), parsed.blob);
+    if (!plain) throw new KeysmithError('unwrap_failed');
+    return plain;
+  }
+
+  async function kekKey(svm: SvmRow, version: number): Promise<Buffer | undefined> {
+    const cached = keyring.cachedKek(svm.uuid, version);
+    if (cached) return cached;
+    return (await keyring.kek(svm.uuid, version))?.key;
+  }
+
+  return {
+    async create(svm: SvmRow, opts: { name?: string; length?: number; state?: 'pre-active' | 'active' }, who: Actor) {
+      return (await createRow(svm, opts, who, 'key.create')).row;
+    },
+
+    /** A new active DEK whose plaintext is returned once, with its wrapped form. */
+    async generateDataKey(svm: SvmRow, opts: { name?: string; length?: number }, who: Actor) {
+      const { row, material } = await createRow(svm, { ...opts, state: 'active' }, who, 'key.generate_data_key');
+      return { row, plaintext: material, wrapped: encodeWrapped(row.id, row.wrapped!) };
+    },
+
+    async unwrap(svm: SvmRow, wrapped: string, who: Actor) {
+      if (keyring.isSealed()) fail('sealed');
+      const parsed = decodeWrapped(wrapped);
+      const audited = (outcome: 'success' | 'failure', objectId: string | null, reason?: string) =>
+        audit.record({ ...who, action: 'key.unwrap', outcome, objectType: 'key', objectId, svmUuid: svm.uuid, detail: reason ? { reason } : null });
+      if (!parsed) {
+        await audited('failure', null, 'malformed');
+        fail('unwrap_failed', undefined, 'wrapped');
+      }
+      const row = await deps.deks.find(svm.uuid, parsed.dekId);
+      try {
+        const plain = unwrapOne(svm, row, parsed, row ? await kekKey(svm, parsed.kekVersion) : undefined);
+        await audited('success', parsed.dekId);
+        return { row: row!, plaintext: plain };
+      } catch (e) {
+        await audited('failure', parsed.dekId, e instanceof KeysmithError ? e.kind : 'error');
+        throw e;
+      }
+    },
+
+    /** Many wrapped keys in one request: one lookup, one audit event. */
+    async unwrapBatch(svm: SvmRow, wrapped: string[], who: Actor) {
+      if (keyring.isSealed()) fail('sealed');
+      const parsed = wrapped.map(decodeWrapped);
+      const ids = [...new Set(parsed.filter((p) => p !== null).map((p) => p!.dekId))];
+      const rows = new Map<string, DekRow>();
+      for (let i = 0; i < ids.length; i += 500) for (const r of await deps.deks.findMany(svm.uuid, ids.slice(i, i + 500))) rows.set(r.id, r);
+      const keks = new Map<number, Buffer | undefined>();
+      const results: ({ key_id: string; plaintext: Buffer } | { key_id: string | null; error: { code: string; message: string } })[] = [];
+      let failures = 0;
+      for (const p of parsed) {
+        try {
+          if (!p) throw new KeysmithError('unwrap_failed');
+          if (!keks.has(p.kekVersion)) keks.set(p.kekVersion, await kekKey(svm, p.kekVersion));
+          results.push({ key_id: p.dekId, plaintext: unwrapOne(svm, rows.get(p.dekId), p, keks.get(p.kekVersion)) });
+        } catch (e) {
+          if (!(e instanceof KeysmithError)) throw e;
+          failures += 1;
+          results.push({ key_id: p?.dekId ?? null, error: { code: e.code, message: e.message } });
+        }
+      }
+      await audit.record({ ...who, action: 'key.unwrap_batch', outcome: failures === 0 ? 'success' : 'failure', objectType: 'key', svmUuid: svm.uuid, detail: { count: wrapped.length, failures, keys: ids.length <= 100 ? ids : ids.length } });
+      return results;
+    },
+
+    async get(svm: SvmRow, id: string, who: Actor) {
+      const row = await deps.deks.find(svm.uuid, id);
+      if (!row) fail('not_found', `Key ${id} does not exist.`, 'id');
+      await audit.record({ ...who, action: 'key.read', outcome: 'success', objectType: 'key', objectId: id, svmUuid: svm.uuid });
+      return row;
+    },
+
+    async list(svm: SvmRow, limit: number, after: string | undefined, who: Actor) {
+      const rows = await deps.deks.page(svm.uuid, limit + 1, after);
+      await audit.record({ ...who, action: 'key.list', outcome: 'success', objectType: 'key', svmUuid: svm.uuid, detail: { count: Math.min(rows.length, limit) } });
+      return { rows: rows.slice(0, limit), next: rows.length > limit ? rows[limit - 1].id : undefined };
+    },
+
+    async transition(svm: SvmRow, id: string, action: KeyAction, who: Actor) {
+      let result!: DekRow;
+      await db.transaction().execute(async (tx) => {
+        const row = await deps.deks.find(svm.uuid, id, tx);
+        if (!row) fail('not_found', `Key ${id} does not exist.`, 'id');
+        const to = TRANSITIONS[action][row.state as KeyState];
+        if (!to) fail('key_transition', `A ${row.state} key cannot be ${action === 'destroy' ? 'destroyed' : action + 'd'}.`, 'state');
+        const t = now();
+        const patch: Partial<DekRow> = { state: to, updated_at: t };
+        if (to === 'active') patch.activated_at = t;
+        if (to === 'deactivated') patch.deactivated_at = t;
+        if (to === 'compromised' || to === 'destroyed-compromised') patch.compromised_at = row.compromised_at ?? t;
+        if (to === 'destroyed' || to === 'destroyed-compromised') {
+          patch.destroyed_at = row.destroyed_at ?? t;
+          patch.wrapped = null;
+        }
+        await deps.deks.update(id, patch, tx);
+        await audit.recordIn(tx, { ...who, action: `key.${action}`, outcome: 'success', objectType: 'key', objectId: id, svmUuid: svm.uuid, detail: { from: row.state, to } });
+        result = { ...row, ...patch };
+      });
+      return result;
+    },
+  };
+}
+export type DekService = ReturnType<typeof createDekService>;

@@ -1,0 +1,28 @@
+/** Identifiers: ONTAP-facing objects use UUIDs (the contract); Keysmith's own objects use prefixed, sortable ids. */
+import { randomBytes, randomUUID } from 'node:crypto';
+
+export const uuid = (): string => randomUUID();
+
+/** `prefix_` + 48-bit millisecond time + 80 random bits, base32 (Crockford) — sorts by creation time. */
+const ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz';
+export function newId(prefix: 'dek' | 'kek' | 'tok' | 'usr' | 'evt' | 'req' | 'km' | 'node'): string {
+  const bytes = Buffer.alloc(16);
+  bytes.writeUIntBE(Date.now(), 0, 6);
+  randomBytes(10).copy(bytes, 6);
+  let bits = 0;
+  let value = 0;
+  let out = '';
+  for (const b of bytes) {
+    value = (value << 8) | b;
+    bits += 8;
+    while (bits >= 5) {
+      out += ALPHABET[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+  }
+  if (bits > 0) out += ALPHABET[(value << (5 - bits)) & 31];
+  return `${prefix}_${out}`;
+}
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export const isUuid = (s: string): boolean => UUID_RE.test(s);

@@ -1,0 +1,72 @@
+/** Opens the store: SQLite (embedded default) or PostgreSQL, migrated to the latest schema. */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect } from 'kysely';
+import SQLite from 'better-sqlite3';
+import pg from 'pg';
+import type { DB, Db } from './schema.js';
+import { migrationProvider } from './migrations/index.js';
+
+export interface StoreOptions {
+  /** `sqlite:/path/file.db` or a path, or `postgres://…` / `postgresql://…`. */
+  url: string;
+  /** PostgreSQL schema to use (created when missing); tests isolate themselves with it. */
+  pgSchema?: string;
+  poolSize?: number;
+}
+
+export interface Store {
+  db: Db;
+  dialect: 'sqlite' | 'postgres';
+  close(): Promise<void>;
+}
+
+// bigint columns come back as numbers: sequence numbers stay far below 2^53.
+pg.types.setTypeParser(20, (v: string) => Number(v));
+
+export function isPostgresUrl(url: string): boolean {
+  return /^postgres(ql)?:\/\//.test(url);
+}
+
+export async function openStore(opts: StoreOptions): Promise<Store> {
+  let db: Db;
+  let dialect: 'sqlite' | 'postgres';
+  if (isPostgresUrl(opts.url)) {
+    dialect = 'postgres';
+    const schema = opts.pgSchema;
+    if (schema !== undefined && !/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) throw new Error('invalid PostgreSQL schema name');
+    if (schema) {
+      const c = new pg.Client({ connectionString: opts.url });
+      await c.connect();
+      try {
+        await c.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+      } finally {
+        await c.end();
+      }
+    }
+    const pool = new pg.Pool({
+      connectionString: opts.url,
+      max: opts.poolSize ?? 10,
+      ...(schema ? { options: `-c search_path=${schema}` } : {}),
+    });
+    db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+  } else {
+    dialect = 'sqlite';
+    const file = opts.url.replace(/^sqlite:/, '');
+    if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
+    const sqlite = new SQLite(file);
+    sqlite.pragma('journal_mode = WAL');
+    // FULL: a committed key survives power loss, not only a process crash.
+    sqlite.pragma('synchronous = FULL');
+    sqlite.pragma('foreign_keys = ON');
+    sqlite.pragma('busy_timeout = 5000');
+    db = new Kysely<DB>({ dialect: new SqliteDialect({ database: sqlite }) });
+  }
+  const migrator = new Migrator({ db, provider: migrationProvider(dialect) });
+  const { error } = await migrator.migrateToLatest();
+  if (error) {
+    await db.destroy();
+    throw error instanceof Error ? error : new Error(String(error));
+  }
+  return { db, dialect, close: () => db.destroy() };
+}

@@ -1,0 +1,29 @@
+/** SQL for data encryption keys. */
+import type { Conn, DekTable } from './schema.js';
+
+export type DekRow = DekTable;
+
+export function createDekRepo(db: Conn) {
+  return {
+    insert: (row: DekRow, tx: Conn = db) => tx.insertInto('deks').values(row).execute(),
+    find: (svmUuid: string, id: string, tx: Conn = db) =>
+      tx.selectFrom('deks').selectAll().where('id', '=', id).where('svm_uuid', '=', svmUuid).executeTakeFirst(),
+    /** Rows for many ids at once (batch unwrap). */
+    findMany: (svmUuid: string, ids: string[], tx: Conn = db) =>
+      ids.length === 0
+        ? Promise.resolve([] as DekRow[])
+        : tx.selectFrom('deks').selectAll().where('svm_uuid', '=', svmUuid).where('id', 'in', ids).execute(),
+    page: (svmUuid: string, limit: number, after: string | undefined, tx: Conn = db) => {
+      let q = tx.selectFrom('deks').selectAll().where('svm_uuid', '=', svmUuid);
+      if (after) q = q.where('id', '>', after);
+      return q.orderBy('id').limit(limit).execute();
+    },
+    listAll: (tx: Conn = db) => tx.selectFrom('deks').selectAll().orderBy('id').execute(),
+    countForSvm: async (svmUuid: string, tx: Conn = db) =>
+      Number(
+        (await tx.selectFrom('deks').select((eb) => eb.fn.countAll<number>().as('n')).where('svm_uuid', '=', svmUuid).executeTakeFirstOrThrow()).n,
+      ),
+    update: (id: string, patch: Partial<DekRow>, tx: Conn = db) => tx.updateTable('deks').set(patch).where('id', '=', id).execute(),
+  };
+}
+export type DekRepo = ReturnType<typeof createDekRepo>;

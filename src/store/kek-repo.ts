@@ -1,0 +1,35 @@
+/** SQL for tenant KEK versions. */
+import type { Conn, KekTable } from './schema.js';
+
+export type KekRow = KekTable;
+
+export function createKekRepo(db: Conn) {
+  return {
+    insert: (row: KekRow, tx: Conn = db) => tx.insertInto('keks').values(row).execute(),
+    findActive: (svmUuid: string, tx: Conn = db) =>
+      tx
+        .selectFrom('keks')
+        .selectAll()
+        .where('svm_uuid', '=', svmUuid)
+        .where('state', '=', 'active')
+        .orderBy('version', 'desc')
+        .executeTakeFirst(),
+    findVersion: (svmUuid: string, version: number, tx: Conn = db) =>
+      tx.selectFrom('keks').selectAll().where('svm_uuid', '=', svmUuid).where('version', '=', version).executeTakeFirst(),
+    listForSvm: (svmUuid: string, tx: Conn = db) =>
+      tx.selectFrom('keks').selectAll().where('svm_uuid', '=', svmUuid).orderBy('version').execute(),
+    listAll: (tx: Conn = db) => tx.selectFrom('keks').selectAll().orderBy('svm_uuid').orderBy('version').execute(),
+    countForKeyManager: async (kmUuid: string, tx: Conn = db) =>
+      Number(
+        (
+          await tx
+            .selectFrom('keks')
+            .select((eb) => eb.fn.countAll<number>().as('n'))
+            .where('key_manager_uuid', '=', kmUuid)
+            .executeTakeFirstOrThrow()
+        ).n,
+      ),
+    removeForSvm: (svmUuid: string, tx: Conn = db) => tx.deleteFrom('keks').where('svm_uuid', '=', svmUuid).execute(),
+  };
+}
+export type KekRepo = ReturnType<typeof createKekRepo>;
