@@ -1,0 +1,100 @@
+/**
+ * Test harness: real servers on port 0 over real HTTP, on SQLite and on the PostgreSQL server of
+ * this machine. Every server logs to a file under the run's log directory, which the secrets test
+ * reads at the end of the run.
+ */
+import { mkdtempSync, mkdirSync, createWriteStream, appendFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createApp, type App } from '../src/app.js';
+import { parseConfig } from '../src/config.js';
+
+export const PG_URL = process.env.KEYSMITH_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
+export const STORES = (process.env.KEYSMITH_TEST_STORES ?? 'sqlite,postgres').split(',') as ('sqlite' | 'postgres')[];
+
+/** Where every test server of this run writes its log, and tests note the secrets they used. */
+export const RUN_DIR = process.env.KEYSMITH_TEST_RUN_DIR ?? join(tmpdir(), 'keysmith-test-run');
+mkdirSync(join(RUN_DIR, 'logs'), { recursive: true });
+
+/** Records a secret (passphrase, plaintext key, password, token) that must never appear in logs or audit. */
+export function noteSecret(secret: string): void {
+  appendFileSync(join(RUN_DIR, 'secrets.txt'), secret + '\n');
+}
+
+export const PASSPHRASE = 'correct horse battery staple, again and again!';
+
+export interface TestServer {
+  app: App;
+  url: string;
+  token: string;
+  dataDir: string;
+  store: 'sqlite' | 'postgres';
+  storeUrl: string;
+  pgSchema?: string;
+  /** fetch against the server with the admin token (or the given one) and JSON in/out. */
+  call(method: string, path: string, body?: unknown, token?: string | null, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>;
+  close(): Promise<void>;
+}
+
+export async function startServer(opts: { store?: 'sqlite' | 'postgres'; dataDir?: string; storeUrl?: string; pgSchema?: string; sealed?: boolean; token?: string } = {}): Promise<TestServer> {
+  const store = opts.store ?? 'sqlite';
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'keysmith-'));
+  const pgSchema = store === 'postgres' ? (opts.pgSchema ?? `ks_${randomBytes(6).toString('hex')}`) : undefined;
+  const storeUrl = opts.storeUrl ?? (store === 'postgres' ? PG_URL : `sqlite:${join(dataDir, 'keysmith.db')}`);
+  const token = opts.token ?? `test-admin-${randomBytes(12).toString('hex')}`;
+  noteSecret(token);
+  const config = parseConfig({ host: '127.0.0.1', port: 0, dataDir, store: storeUrl, pgSchema, sealed: opts.sealed ?? false, bootstrapToken: token, kdfCost: 14, logLevel: 'info' });
+  const logStream = createWriteStream(join(RUN_DIR, 'logs', `${Date.now()}-${randomBytes(4).toString('hex')}.log`));
+  const app = await createApp(config, { logStream });
+  const url = await app.listen();
+  const call: TestServer['call'] = async (method, path, body, tok, headers = {}) => {
+    const h: Record<string, string> = { ...headers };
+    const t = tok === undefined ? token : tok;
+    if (t !== null && !h.authorization) h.authorization = `Bearer ${t}`;
+    if (body !== undefined) h['content-type'] = 'application/json';
+    const res = await fetch(url + path, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      /* not JSON */
+    }
+    return { status: res.status, body: parsed, headers: res.headers };
+  };
+  return {
+    app,
+    url,
+    token,
+    dataDir,
+    store,
+    storeUrl,
+    pgSchema,
+    call,
+    async close() {
+      await dumpAudit(app);
+      await app.close();
+      await new Promise((r) => logStream.end(r));
+    },
+  };
+}
+
+/** A server with the cluster's onboard key manager already configured. */
+export async function startWithOkm(opts: Parameters<typeof startServer>[0] = {}): Promise<TestServer & { kmUuid: string }> {
+  const s = await startServer(opts);
+  noteSecret(PASSPHRASE);
+  const r = await s.call('POST', '/api/security/key-managers', { onboard: { passphrase: PASSPHRASE } });
+  if (r.status !== 201) throw new Error(`creating the key manager failed: ${JSON.stringify(r.body)}`);
+  const list = await s.call('GET', '/api/security/key-managers');
+  return Object.assign(s, { kmUuid: list.body.records[0].uuid as string });
+}
+
+/** Copies a server's audit log into the run directory, for the final secrets check. */
+async function dumpAudit(app: App): Promise<void> {
+  await app.services.audit.drain();
+  const rows = await app.services.store.db.selectFrom('audit_events').selectAll().execute();
+  const file = join(RUN_DIR, 'audit', `${Date.now()}-${randomBytes(4).toString('hex')}.jsonl`);
+  mkdirSync(join(RUN_DIR, 'audit'), { recursive: true });
+  appendFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+}
