@@ -1,7 +1,7 @@
 /**
  * The one catalog of Keysmith errors. Each entry has a stable name and maps, here and only here,
  * to the ONTAP error code and HTTP status it is reported with. ONTAP codes in the 655xxxxx and
- * 660xxxxx ranges come from the ONTAP security REST reference; the small ones (1, 2, 3, 4, 6, 8)
+ * 660xxxxx ranges come from the ONTAP security REST reference; the small ones (1, 2, 3, 4, 6)
  * and 2621xx are ONTAP's common errors; codes 656000xx, 10, 11 and 12 are Keysmith's own, in ranges
  * ONTAP does not use, and are documented in docs/errors.md.
  *
@@ -22,7 +22,6 @@ export const ERRORS = {
   not_supported: { code: '3', status: 400, message: 'The operation is not supported.' },
   not_found: { code: '4', status: 404, message: "entry doesn't exist" },
   permission_denied: { code: '6', status: 403, message: 'not authorized for that command' },
-  in_use: { code: '8', status: 409, message: 'The resource is in use.' },
   unexpected_argument: { code: '262179', status: 400, message: 'Unexpected argument.' },
   invalid_value: { code: '262197', status: 400, message: 'Invalid value for field.' },
   not_authenticated: { code: '10', status: 401, message: 'Authentication is required: send a bearer token or HTTP Basic credentials.' },
@@ -54,7 +53,6 @@ export const ERRORS = {
   svm_has_keys: { code: '65600013', status: 409, message: 'The SVM still owns keys or a key manager and cannot be deleted.' },
   admin_svm_immutable: { code: '65600014', status: 400, message: 'The admin SVM cannot be deleted.' },
   token_expired: { code: '12', status: 401, message: 'The token has expired or was revoked.' },
-  audit_chain_broken: { code: '65600020', status: 500, message: 'The audit chain does not verify.' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorName = keyof typeof ERRORS;

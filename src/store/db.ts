@@ -62,7 +62,12 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
     sqlite.pragma('busy_timeout = 5000');
     db = new Kysely<DB>({ dialect: new SqliteDialect({ database: sqlite }) });
   }
-  const migrator = new Migrator({ db, provider: migrationProvider(dialect) });
+  // Kysely looks for its own tables in every schema unless told which: name ours.
+  const migrator = new Migrator({
+    db,
+    provider: migrationProvider(dialect),
+    ...(dialect === 'postgres' ? { migrationTableSchema: opts.pgSchema ?? 'public' } : {}),
+  });
   const { error } = await migrator.migrateToLatest();
   if (error) {
     await db.destroy();

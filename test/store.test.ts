@@ -1,0 +1,80 @@
+/** The store on both databases: migrations, blobs, constraints, the audit head. */
+import { afterAll, describe, expect, it } from 'vitest';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { openStore, type Store } from '../src/store/db.js';
+import { createSvmRepo } from '../src/store/svm-repo.js';
+import { createDekRepo } from '../src/store/dek-repo.js';
+import { createAuditRepo } from '../src/store/audit-repo.js';
+import { STORES, PG_URL } from './helpers.js';
+
+function target(kind: 'sqlite' | 'postgres') {
+  return kind === 'postgres'
+    ? { url: PG_URL, pgSchema: `ks_store_${randomBytes(5).toString('hex')}` }
+    : { url: `sqlite:${join(mkdtempSync(join(tmpdir(), 'ks-store-')), 'k.db')}` };
+}
+
+describe.each(STORES)('store on %s', (kind) => {
+  const opened: Store[] = [];
+  afterAll(async () => {
+    for (const s of opened) await s.close();
+  });
+
+  it('migrates an empty database and migrating again changes nothing', async () => {
+    const t = target(kind);
+    const a = await openStore(t);
+    opened.push(a);
+    const svms = createSvmRepo(a.db);
+    await svms.insert({ uuid: 'u1', name: 'vs1', scope: 'svm', created_at: 'now' });
+    const b = await openStore(t);
+    opened.push(b);
+    expect((await createSvmRepo(b.db).list()).map((r) => r.name)).toEqual(['vs1']);
+    const migrations = await b.db.selectFrom('kysely_migration' as any).selectAll().execute();
+    expect(migrations.map((m: any) => m.name)).toEqual(['0001-init']);
+  });
+
+  it('round-trips binary blobs byte for byte and keeps NULL material', async () => {
+    const s = await openStore(target(kind));
+    opened.push(s);
+    await createSvmRepo(s.db).insert({ uuid: 'u1', name: 'vs1', scope: 'svm', created_at: 'now' });
+    const deks = createDekRepo(s.db);
+    const blob = randomBytes(97);
+    blob[0] = 0;
+    blob[96] = 0;
+    const base = { svm_uuid: 'u1', name: null, algorithm: 'AES', length: 256, state: 'active', kek_version: 1, created_at: 't', updated_at: 't', activated_at: null, deactivated_at: null, compromised_at: null, destroyed_at: null };
+    await deks.insert({ id: 'dek_a', wrapped: blob, ...base });
+    await deks.insert({ id: 'dek_b', wrapped: null, ...base });
+    const a = await deks.find('u1', 'dek_a');
+    expect(Buffer.isBuffer(a!.wrapped)).toBe(true);
+    expect(a!.wrapped!.equals(blob)).toBe(true);
+    expect((await deks.find('u1', 'dek_b'))!.wrapped).toBeNull();
+    expect(await deks.find('other-tenant', 'dek_a')).toBeUndefined();
+    expect(await deks.countForSvm('u1')).toBe(2);
+  });
+
+  it('refuses a duplicate SVM name and a DEK for an unknown SVM', async () => {
+    const s = await openStore(target(kind));
+    opened.push(s);
+    const svms = createSvmRepo(s.db);
+    await svms.insert({ uuid: 'u1', name: 'vs1', scope: 'svm', created_at: 'now' });
+    await expect(svms.insert({ uuid: 'u2', name: 'vs1', scope: 'svm', created_at: 'now' })).rejects.toThrow();
+    const base = { name: null, algorithm: 'AES', length: 256, state: 'active', kek_version: 1, wrapped: null, created_at: 't', updated_at: 't', activated_at: null, deactivated_at: null, compromised_at: null, destroyed_at: null };
+    await expect(createDekRepo(s.db).insert({ id: 'dek_x', svm_uuid: 'nope', ...base })).rejects.toThrow();
+  });
+
+  it('serializes audit appenders on the head row and rolls back with the transaction', async () => {
+    const s = await openStore(target(kind));
+    opened.push(s);
+    const repo = createAuditRepo(s.db, s.dialect);
+    expect(await repo.head()).toEqual({ seq: 0, hash: '0'.repeat(64) });
+    await expect(
+      s.db.transaction().execute(async (tx) => {
+        await repo.setHead(1, 'f'.repeat(64), tx);
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
+    expect(await repo.head()).toEqual({ seq: 0, hash: '0'.repeat(64) });
+  });
+});
