@@ -29,8 +29,8 @@ export const ERRORS = {
   internal: { code: '5', status: 500, message: 'Internal error.' },
 
   // Onboard key manager (ONTAP PATCH /security/key-managers/{uuid})
-  passphrase_mismatch: { code: '65536139', status: 400, message: 'The existing passphrase value provided does not match the configured passphrase.' },
-  passphrase_same: { code: '65536150', status: 400, message: 'The new passphrase is same as old passphrase.' },
+  passphrase_mismatch: { code: '65536139', status: 400, message: 'Cluster-wide passphrase is incorrect.' },
+  passphrase_same: { code: '65536150', status: 400, message: 'New passphrase cannot be same as the old passphrase.' },
   passphrase_length: { code: '65536404', status: 400, message: 'The passphrase does not match the accepted length.' },
   passphrase_both_needed: { code: '65536917', status: 400, message: 'Updating an onboard passphrase requires both new and existing cluster passphrase.' },
   sync_needs_existing: { code: '65537242', status: 400, message: 'The Onboard Key Manager existing_passphrase must be provided when performing a PATCH/synchronize operation.' },

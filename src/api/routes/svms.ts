@@ -5,8 +5,22 @@ import type { SvmRow } from '../../store/svm-repo.js';
 import { fail } from '../../errors.js';
 import { actor, authorize, bool, canSee, maxRecords, principal, requireClusterAdmin, requireOntapRead, selectFields } from '../http.js';
 
+/**
+ * aggregates, ipspace and snapshot_policy are served on request only, with what is true of a
+ * Keysmith SVM: it owns no storage, lives in the cluster's one network (ONTAP's "Default" IPspace)
+ * and takes no snapshots (ONTAP's built-in policy "none"). na_ontap_svm reads all three.
+ */
 function view(s: SvmRow) {
-  return { uuid: s.uuid, name: s.name, subtype: 'default', state: 'running', _links: { self: { href: `/api/svm/svms/${s.uuid}` } } };
+  return {
+    uuid: s.uuid,
+    name: s.name,
+    subtype: 'default',
+    state: 'running',
+    aggregates: [],
+    ipspace: { name: 'Default' },
+    snapshot_policy: { name: 'none' },
+    _links: { self: { href: `/api/svm/svms/${s.uuid}` } },
+  };
 }
 
 const listQuery = {
@@ -31,7 +45,6 @@ export function svmRoutes(s: Services) {
     });
 
     app.get('/api/svm/svms/:uuid', { schema: { tags: ['svm'], summary: 'One SVM.', querystring: { type: 'object', additionalProperties: false, properties: { fields: { type: 'string' } } } } }, async (req) => {
-      requireOntapRead(req);
       const { uuid } = req.params as { uuid: string };
       const svm = await s.svms.resolve(uuid);
       authorize(req, svm && svm.uuid === uuid && svm.scope === 'svm' ? svm : undefined, 'read');
