@@ -77,8 +77,9 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
     // Verify against a dummy hash when the user is unknown, so timing does not tell names apart.
     const ok = await argon2.verify(user?.password_hash ?? DUMMY_HASH, password).catch(() => false);
     if (!user || !ok) {
-      const count = (f?.count ?? 0) + 1;
-      failures.set(name, { count, until: count >= MAX_FAILURES ? t0 + Math.min(2 ** (count - MAX_FAILURES) * 1000, 300_000) : 0 });
+      const count = (failures.get(name)?.count ?? 0) + 1; // re-read: concurrent guesses must all count
+      // The lock runs from now, not from before the (slow) hash check, or a slow check would shorten it to nothing.
+      failures.set(name, { count, until: count >= MAX_FAILURES ? now() + Math.min(2 ** (count - MAX_FAILURES) * 1000, 300_000) : 0 });
       fail('not_authenticated', 'The user name or password is not valid.');
     }
     failures.delete(name);

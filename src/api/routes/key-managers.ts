@@ -108,7 +108,6 @@ export function keyManagerRoutes(s: Services) {
       '/api/security/key-managers/:uuid',
       { schema: { tags: ['security'], summary: 'One key manager (ONTAP).', querystring: { type: 'object', additionalProperties: false, properties: { fields: { type: 'string' } } } } },
       async (req) => {
-        requireOntapRead(req);
         const { km, svm } = await load(req, (req.params as { uuid: string }).uuid, 'read');
         return view(s, km, svm, backupFor(req, km, svm), (req.query as { fields?: string }).fields);
       },

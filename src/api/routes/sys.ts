@@ -2,7 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Services } from '../../app.js';
 import { VERSION } from '../../app.js';
-import { actor, principal, requireClusterAdmin } from '../http.js';
+import { actor, requireClusterAdmin, requireClusterRead, requireOntapRead } from '../http.js';
 
 export function sysRoutes(s: Services) {
   return async function (app: FastifyInstance) {
@@ -10,7 +10,7 @@ export function sysRoutes(s: Services) {
     app.get('/api/health', { config: { public: true }, schema: { tags: ['system'], summary: 'Liveness and seal state (no credentials needed).' } }, health);
 
     app.get('/api/cluster', { schema: { tags: ['cluster'], summary: 'The cluster: name, uuid and version (ONTAP shape).' } }, async (req) => {
-      principal(req);
+      requireOntapRead(req);
       const [major, minor] = VERSION.split('.').map(Number);
       return {
         name: s.cluster.name,
@@ -44,7 +44,7 @@ export function sysRoutes(s: Services) {
     });
 
     app.get('/api/v1/sys/status', { schema: { tags: ['system'], summary: 'Seal state of this node and the nodes of the cluster.' } }, async (req) => {
-      requireClusterAdmin(req);
+      requireClusterRead(req);
       return { sealed: s.keyring.isSealed(), node: s.keyring.node.id, nodes: await s.repos.meta.listNodes(), version: VERSION };
     });
   };
