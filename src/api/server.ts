@@ -27,6 +27,13 @@ declare module 'fastify' {
   }
 }
 
+function hasNul(v: unknown, depth = 0): boolean {
+  if (typeof v === 'string') return v.includes('\u0000');
+  if (!v || typeof v !== 'object' || depth > 32) return false;
+  for (const [k, x] of Object.entries(v)) if (k.includes('\u0000') || hasNul(x, depth + 1)) return true;
+  return false;
+}
+
 /** Maps a Fastify/Ajv validation failure to ONTAP's error body. */
 function validationError(e: FastifyError): KeysmithError {
   const v = e.validation?.[0];
@@ -52,6 +59,8 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
     bodyLimit: 64 * 1024 * 1024,
     ...(https ? { https } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+    // Malformed or over-long URLs are refused by the router before any handler: answer in ONTAP's shape too.
+    frameworkErrors: (e: FastifyError, _req: FastifyRequest, reply: FastifyReply) => reply.status(400).type('application/hal+json').send(new KeysmithError('invalid_field', `The URL is malformed or too long (${e.code}).`).toBody()),
   }) as unknown as FastifyInstance;
 
   app.setErrorHandler((error: FastifyError | KeysmithError, req: FastifyRequest, reply: FastifyReply) => {
@@ -101,6 +110,10 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
     if (req.routeOptions.config?.public || req.url.startsWith('/docs')) return;
     if (!req.routeOptions.url) return; // unknown route: let the 404 handler answer
     req.principal = await s.auth.authenticate(req.headers.authorization);
+  });
+  // PostgreSQL text cannot hold NUL: refuse it in every input, on both stores alike, before it reaches a query.
+  app.addHook('preValidation', async (req) => {
+    if (hasNul(req.params) || hasNul(req.query) || hasNul(req.body)) throw new KeysmithError('invalid_field', 'Text must not contain NUL characters.');
   });
 
   await app.register(sysRoutes(s));

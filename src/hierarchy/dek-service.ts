@@ -54,11 +54,13 @@ export function decodeWrapped(text: string): { dekId: string; blob: Buffer; kekV
   if (b.length < 3 || b[0] !== 0x4b) return null;
   const idLen = b[1];
   if (b.length < 2 + idLen) return null;
-  const dekId = b.subarray(2, 2 + idLen).toString('ascii');
+  const dekId = b.subarray(2, 2 + idLen).toString('latin1'); // not 'ascii': it drops the high bit, so altered bytes would decode to the same id
   if (!/^dek_[0-9a-z]{26}$/.test(dekId)) return null;
   const blob = b.subarray(2 + idLen);
   const h = readHeader(blob);
   if (!h) return null;
+  // KEK versions start at 1 and are stored as 32-bit signed integers: a larger one is not ours (and PostgreSQL would refuse the query).
+  if (h.wrapVersion < 1 || h.wrapVersion > 0x7fffffff) return null;
   return { dekId, blob, kekVersion: h.wrapVersion };
 }
 
@@ -221,7 +223,8 @@ export function createDekService(deps: {
           if (!keks.has(p.kekVersion)) keks.set(p.kekVersion, await kekKey(svm, p.kekVersion));
           results.push({ key_id: p.dekId, plaintext: unwrapOne(svm, rows.get(p.dekId), p, keks.get(p.kekVersion)) });
         } catch (e) {
-          if (!(e instanceof KeysmithError)) throw e;
+          // A node that cannot serve at all (sealed, or holding no root: not synchronized) refuses the whole request.
+          if (!(e instanceof KeysmithError) || e.kind === 'not_synchronized' || e.kind === 'sealed') throw e;
           failures += 1;
           results.push({ key_id: p?.dekId ?? null, error: { code: e.code, message: e.message } });
         }
