@@ -63,7 +63,7 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
     frameworkErrors: (e: FastifyError, _req: FastifyRequest, reply: FastifyReply) => reply.status(400).type('application/hal+json').send(new KeysmithError('invalid_field', `The URL is malformed or too long (${e.code}).`).toBody()),
   }) as unknown as FastifyInstance;
 
-  app.setErrorHandler((error: FastifyError | KeysmithError, req: FastifyRequest, reply: FastifyReply) => {
+  app.setErrorHandler(async (error: FastifyError | KeysmithError, req: FastifyRequest, reply: FastifyReply) => {
     let ke: KeysmithError;
     if (error instanceof KeysmithError) ke = error;
     else if ((error as FastifyError).validation) ke = validationError(error as FastifyError);
@@ -78,7 +78,23 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
     }
     if (ke.status >= 500 && ke.kind !== 'internal') req.log.warn({ code: ke.code }, ke.message);
     if (ke.status === 401) reply.header('www-authenticate', 'Basic realm="keysmith", Bearer');
+    // Every refused call of a known principal leaves an audit event, unless its service already wrote one.
+    if (req.principal && !s.audit.settleRequest(req.id)) {
+      const p = req.principal;
+      const params = (req.params ?? {}) as Record<string, string>;
+      await s.audit.record({
+        actor: `${p.kind}:${p.name}:${p.id}`,
+        requestId: req.id,
+        action: `http.${req.method.toLowerCase()}`,
+        outcome: 'failure',
+        objectId: params.id ?? params.uuid ?? null,
+        detail: { route: req.routeOptions.url ?? null, svm: params.svm ?? null, code: ke.code },
+      }).catch((e) => req.log.error({ err: { message: (e as Error).message } }, 'audit of a refusal failed'));
+    }
     return reply.status(ke.status).type('application/hal+json').send(ke.toBody());
+  });
+  app.addHook('onResponse', async (req) => {
+    s.audit.settleRequest(req.id);
   });
 
   app.setNotFoundHandler((req, reply) => {

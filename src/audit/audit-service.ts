@@ -60,6 +60,8 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; now?: () => 
   const now = deps.now ?? (() => new Date());
   let queue: { ev: AuditEvent; resolve: () => void; reject: (e: unknown) => void }[] = [];
   let flushing: Promise<void> | null = null;
+  // Requests that already recorded their own failure event, so the HTTP layer does not add a second.
+  const failedRequests = new Set<string>();
 
   async function appendRows(tx: Conn, events: AuditEvent[]): Promise<void> {
     const head = await repo.lockHead(tx);
@@ -110,10 +112,15 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; now?: () => 
     recordIn: (tx: Conn, ev: AuditEvent) => appendRows(tx, [ev]),
     /** Records a read or a refusal; resolves once the event is durable. */
     record(ev: AuditEvent): Promise<void> {
+      if (ev.outcome === 'failure' && ev.requestId) failedRequests.add(ev.requestId);
       return new Promise<void>((resolve, reject) => {
         queue.push({ ev, resolve, reject });
         if (!flushing) flushing = Promise.resolve().then(flush);
       });
+    },
+    /** True when the request recorded a failure event itself; forgets the request either way. */
+    settleRequest(requestId: string): boolean {
+      return failedRequests.delete(requestId);
     },
     query: (f: AuditFilter) => repo.query(f),
     async drain(): Promise<void> {

@@ -99,7 +99,7 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
       if (scheme === 'basic' && value) {
         const decoded = Buffer.from(value, 'base64').toString('utf8');
         const colon = decoded.indexOf(':');
-        if (colon <= 0) fail('not_authenticated', 'Malformed Basic credentials.');
+        if (colon <= 0 || decoded.includes('\0')) fail('not_authenticated', 'Malformed Basic credentials.');
         return byPassword(decoded.slice(0, colon), decoded.slice(colon + 1));
       }
       fail('not_authenticated');

@@ -147,6 +147,8 @@ export function createOnboardService(deps: {
       const ps = await passphraseSeal(km, root, passphrase);
       await db.transaction().execute(async (tx) => {
         await deps.keyManagers.updatePassphraseSeal(km.uuid, ps.kdf, ps.seal, ps.backupSeal, now(), tx);
+        // The passphrase proved the root: this node keeps its own copy too, as after a synchronize.
+        if (!keyring.isSealed()) await deps.keyManagers.upsertSeal({ key_manager_uuid: km.uuid, root_version: km.root_version, node_id: keyring.node.id, blob: keyring.sealForNode(km, root), created_at: now() }, tx);
         await audit.recordIn(tx, { ...who, action: 'key_manager.update_passphrase', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: km.svm_uuid });
       });
       if (!keyring.isSealed()) keyring.putRoot(km, root);

@@ -28,7 +28,16 @@ async function view(s: Services, km: KeyManagerRow, svm: SvmRow, wantBackup: () 
     else if (!s.keyring.hasRoot(km)) rec.status = { code: Number(new KeysmithError('not_synchronized').code), message: new KeysmithError('not_synchronized').message };
     else rec.status = { code: 0, message: '' };
   }
-  if (wants('onboard.key_backup')) (rec.onboard as Record<string, unknown>).key_backup = await wantBackup();
+  if (wants('onboard.key_backup')) {
+    const named = !!fields && fields.split(',').some((x) => x.trim() === 'onboard.key_backup');
+    try {
+      (rec.onboard as Record<string, unknown>).key_backup = await wantBackup();
+    } catch (e) {
+      // `**` asks for everything there is: a node that cannot build the backup (sealed, not
+      // synchronized) leaves it out, and `status` says why. Asked for by name, it is refused.
+      if (named || !(e instanceof KeysmithError) || (e.kind !== 'sealed' && e.kind !== 'not_synchronized')) throw e;
+    }
+  }
   return selectFields(rec, fields, {
     always: ['uuid', '_links'],
     defaults: ['scope', 'svm', 'onboard', 'volume_encryption', 'is_default_data_at_rest_encryption_disabled'],
