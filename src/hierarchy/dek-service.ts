@@ -64,21 +64,8 @@ export function decodeWrapped(text: string): { dekId: string; blob: Buffer; kekV
   return { dekId, blob, kekVersion: h.wrapVersion };
 }
 
-export interface KeyView {
-  id: string;
-  svm: { uuid: string; name: string };
-  name: string | null;
-  algorithm: string;
-  length: number;
-  state: string;
-  kek_version: number;
-  created_at: string;
-  updated_at: string;
-  activated_at: string | null;
-  deactivated_at: string | null;
-  compromised_at: string | null;
-  destroyed_at: string | null;
-}
+/** Key metadata as the API shows it: the stored row without its wrapped material, with its SVM. */
+export type KeyView = Omit<DekRow, 'wrapped' | 'svm_uuid'> & { svm: { uuid: string; name: string } };
 
 export function keyView(row: DekRow, svm: SvmRow): KeyView {
   return {

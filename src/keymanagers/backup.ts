@@ -12,6 +12,7 @@ import { createHmac } from 'node:crypto';
 import { open, seal } from '../crypto/aead.js';
 import { deriveKey, safeEqual, sha256, validKdfParams, type KdfParams } from '../crypto/kdf.js';
 import { err, ok, type Result } from '../errors.js';
+import type { DekTable } from '../store/schema.js';
 
 const MAGIC = Buffer.from('KSBK', 'ascii');
 const BEGIN = '--------------------------BEGIN BACKUP--------------------------';
@@ -25,22 +26,8 @@ export interface BackupPayload {
   key_manager: { uuid: string; svm_uuid: string; root_id: string; root_version: number; root: string; created_at: string };
   svms: { uuid: string; name: string; scope: 'cluster' | 'svm'; created_at: string }[];
   keks: { id: string; svm_uuid: string; version: number; root_version: number; wrapped: string; state: string; created_at: string }[];
-  deks: {
-    id: string;
-    svm_uuid: string;
-    name: string | null;
-    algorithm: string;
-    length: number;
-    state: string;
-    kek_version: number;
-    wrapped: string | null;
-    created_at: string;
-    updated_at: string;
-    activated_at: string | null;
-    deactivated_at: string | null;
-    compromised_at: string | null;
-    destroyed_at: string | null;
-  }[];
+  /** DEK rows as stored, their wrapped material in base64 (null once destroyed). */
+  deks: (Omit<DekTable, 'wrapped'> & { wrapped: string | null })[];
 }
 
 interface Header {
