@@ -23,11 +23,14 @@ export function createSvmService(deps: {
   keyring: Keyring;
 }) {
   const { db, svms, audit } = deps;
-  // SVMs are read on every data-plane call and change rarely: cache them by uuid and by name.
-  const cache = new Map<string, SvmRow>();
+  // SVMs are read on every data-plane call and change rarely: cache them by uuid and by name, for
+  // a few seconds only, so a change made through another node sharing the store is seen soon.
+  const TTL_MS = 5000;
+  const cache = new Map<string, { row: SvmRow; until: number }>();
   const remember = (s: SvmRow) => {
-    cache.set(s.uuid, s);
-    cache.set(`name:${s.name}`, s);
+    const e = { row: s, until: Date.now() + TTL_MS };
+    cache.set(s.uuid, e);
+    cache.set(`name:${s.name}`, e);
     return s;
   };
   const forgetAll = () => cache.clear();
@@ -50,7 +53,7 @@ export function createSvmService(deps: {
     /** An SVM by uuid or name. */
     async resolve(ref: string): Promise<SvmRow | undefined> {
       const hit = cache.get(ref) ?? cache.get(`name:${ref}`);
-      if (hit) return hit;
+      if (hit && hit.until > Date.now()) return hit.row;
       const row = (await svms.findByUuid(ref)) ?? (await svms.findByName(ref));
       return row ? remember(row) : undefined;
     },
