@@ -115,7 +115,9 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; now?: () => 
       if (ev.outcome === 'failure' && ev.requestId) failedRequests.add(ev.requestId);
       return new Promise<void>((resolve, reject) => {
         queue.push({ ev, resolve, reject });
-        if (!flushing) flushing = Promise.resolve().then(flush);
+        // setImmediate, not a microtask: on SQLite every query is synchronous, so only after the
+        // event loop has parsed the other waiting requests do their events join this commit.
+        if (!flushing) flushing = new Promise<void>((r) => setImmediate(r)).then(flush);
       });
     },
     /** True when the request recorded a failure event itself; forgets the request either way. */

@@ -148,7 +148,7 @@ export function createDekService(deps: {
     return { row, material };
   }
 
-  function unwrapOne(svm: SvmRow, row: DekRow | undefined, parsed: NonNullable<ReturnType<typeof decodeWrapped>>, kek: Buffer | undefined): Buffer {
+  function unwrapOne(svm: SvmRow, row: Pick<DekRow, 'id' | 'state'> | undefined, parsed: NonNullable<ReturnType<typeof decodeWrapped>>, kek: Buffer | undefined): Buffer {
     if (!row) throw new KeysmithError('unwrap_failed');
     if (row.state !== 'active' && row.state !== 'deactivated') throw new KeysmithError('key_state', `Key ${row.id} is ${row.state}: it cannot be unwrapped.`);
     if (!kek) throw new KeysmithError('unwrap_failed', `The KEK version ${parsed.kekVersion} that wrapped this key is no longer available.`);
@@ -183,7 +183,7 @@ export function createDekService(deps: {
         await audited('failure', null, 'malformed');
         fail('unwrap_failed', undefined, 'wrapped');
       }
-      const row = await deps.deks.find(svm.uuid, parsed.dekId);
+      const row = await deps.deks.findState(svm.uuid, parsed.dekId);
       try {
         const plain = unwrapOne(svm, row, parsed, row ? await kekKey(svm, parsed.kekVersion) : undefined);
         await audited('success', parsed.dekId);
@@ -199,8 +199,8 @@ export function createDekService(deps: {
       if (keyring.isSealed()) fail('sealed');
       const parsed = wrapped.map(decodeWrapped);
       const ids = [...new Set(parsed.filter((p) => p !== null).map((p) => p!.dekId))];
-      const rows = new Map<string, DekRow>();
-      for (let i = 0; i < ids.length; i += 500) for (const r of await deps.deks.findMany(svm.uuid, ids.slice(i, i + 500))) rows.set(r.id, r);
+      const rows = new Map<string, Pick<DekRow, 'id' | 'state'>>();
+      for (let i = 0; i < ids.length; i += 500) for (const r of await deps.deks.findStates(svm.uuid, ids.slice(i, i + 500))) rows.set(r.id, r);
       const keks = new Map<number, Buffer | undefined>();
       const results: ({ key_id: string; plaintext: Buffer } | { key_id: string | null; error: { code: string; message: string } })[] = [];
       let failures = 0;

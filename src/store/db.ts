@@ -60,7 +60,22 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
     sqlite.pragma('synchronous = FULL');
     sqlite.pragma('foreign_keys = ON');
     sqlite.pragma('busy_timeout = 5000');
-    db = new Kysely<DB>({ dialect: new SqliteDialect({ database: sqlite }) });
+    // Kysely prepares every query afresh; preparing costs more than running a small query, so
+    // keep the statements (queries are built from a fixed set of shapes, the cap is a safety net).
+    const statements = new Map<string, SQLite.Statement>();
+    const database = {
+      close: () => sqlite.close(),
+      prepare(text: string) {
+        let st = statements.get(text);
+        if (!st) {
+          if (statements.size >= 1000) statements.clear();
+          st = sqlite.prepare(text);
+          statements.set(text, st);
+        }
+        return st;
+      },
+    };
+    db = new Kysely<DB>({ dialect: new SqliteDialect({ database }) });
   }
   // Kysely looks for its own tables in every schema unless told which: name ours.
   const migrator = new Migrator({

@@ -8,11 +8,14 @@ export function createDekRepo(db: Conn) {
     insert: (row: DekRow, tx: Conn = db) => tx.insertInto('deks').values(row).execute(),
     find: (svmUuid: string, id: string, tx: Conn = db) =>
       tx.selectFrom('deks').selectAll().where('id', '=', id).where('svm_uuid', '=', svmUuid).executeTakeFirst(),
-    /** Rows for many ids at once (batch unwrap). */
-    findMany: (svmUuid: string, ids: string[], tx: Conn = db) =>
+    /** Id and state only: what unwrap needs to decide (the material comes with the request). */
+    findState: (svmUuid: string, id: string, tx: Conn = db) =>
+      tx.selectFrom('deks').select(['id', 'state']).where('id', '=', id).where('svm_uuid', '=', svmUuid).executeTakeFirst(),
+    /** Id and state of many keys at once (batch unwrap). */
+    findStates: (svmUuid: string, ids: string[], tx: Conn = db) =>
       ids.length === 0
-        ? Promise.resolve([] as DekRow[])
-        : tx.selectFrom('deks').selectAll().where('svm_uuid', '=', svmUuid).where('id', 'in', ids).execute(),
+        ? Promise.resolve([] as Pick<DekRow, 'id' | 'state'>[])
+        : tx.selectFrom('deks').select(['id', 'state']).where('svm_uuid', '=', svmUuid).where('id', 'in', ids).execute(),
     page: (svmUuid: string, limit: number, after: string | undefined, tx: Conn = db) => {
       let q = tx.selectFrom('deks').selectAll().where('svm_uuid', '=', svmUuid);
       if (after) q = q.where('id', '>', after);
