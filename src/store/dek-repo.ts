@@ -4,13 +4,15 @@ import type { Conn, DekTable } from './schema.js';
 export type DekRow = DekTable;
 
 export function createDekRepo(db: Conn) {
+  // The unwrap hot path: compiled once, run with fresh parameters (id, then svm).
+  const stateById = db.selectFrom('deks').select(['id', 'state']).where('id', '=', '').where('svm_uuid', '=', '').compile();
   return {
     insert: (row: DekRow, tx: Conn = db) => tx.insertInto('deks').values(row).execute(),
     find: (svmUuid: string, id: string, tx: Conn = db) =>
       tx.selectFrom('deks').selectAll().where('id', '=', id).where('svm_uuid', '=', svmUuid).executeTakeFirst(),
     /** Id and state only: what unwrap needs to decide (the material comes with the request). */
-    findState: (svmUuid: string, id: string, tx: Conn = db) =>
-      tx.selectFrom('deks').select(['id', 'state']).where('id', '=', id).where('svm_uuid', '=', svmUuid).executeTakeFirst(),
+    findState: async (svmUuid: string, id: string, tx: Conn = db): Promise<Pick<DekRow, 'id' | 'state'> | undefined> =>
+      (await tx.executeQuery<Pick<DekRow, 'id' | 'state'>>({ ...stateById, parameters: [id, svmUuid] })).rows[0],
     /** Id and state of many keys at once (batch unwrap). */
     findStates: (svmUuid: string, ids: string[], tx: Conn = db) =>
       ids.length === 0
