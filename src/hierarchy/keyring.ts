@@ -29,10 +29,10 @@ export function loadNodeIdentity(dataDir: string): NodeIdentity {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const idFile = join(dataDir, 'node.id');
   const keyFile = join(dataDir, 'node.key');
-  if (!existsSync(keyFile)) {
-    writeFileSync(keyFile, randomBytes(32), { mode: 0o600, flag: 'wx' });
-    writeFileSync(idFile, newId('node'), { mode: 0o600 });
-  }
+  // The id first: a crash between the two writes leaves an id without a key, which the next
+  // start completes, never a key without an id.
+  if (!existsSync(idFile)) writeFileSync(idFile, newId('node'), { mode: 0o600, flag: 'wx' });
+  if (!existsSync(keyFile)) writeFileSync(keyFile, randomBytes(32), { mode: 0o600, flag: 'wx' });
   chmodSync(keyFile, 0o600);
   const sealKey = readFileSync(keyFile);
   if (sealKey.length !== 32) throw new Error(`node seal key ${keyFile} is not 32 bytes: refusing to start`);
