@@ -20,6 +20,9 @@ import { createDekService, type DekService } from './hierarchy/dek-service.js';
 import { createOnboardService, type OnboardService } from './keymanagers/onboard-service.js';
 import { createSvmService, type SvmService } from './hierarchy/svm-service.js';
 import { buildServer } from './api/server.js';
+import { createJobRepo } from './store/job-repo.js';
+import { createJobRunner, type JobRunner } from './jobs/job-runner.js';
+import { rekeyInternalJob } from './jobs/rekey-job.js';
 import { uuid } from './ids.js';
 
 export const VERSION = '0.1.0';
@@ -49,6 +52,7 @@ export interface Services {
   svms: SvmService;
   onboard: OnboardService;
   deks: DekService;
+  jobs: JobRunner;
   repos: {
     svms: ReturnType<typeof createSvmRepo>;
     keyManagers: ReturnType<typeof createKeyManagerRepo>;
@@ -56,6 +60,7 @@ export interface Services {
     deks: ReturnType<typeof createDekRepo>;
     principals: ReturnType<typeof createPrincipalRepo>;
     meta: ReturnType<typeof createMetaRepo>;
+    jobs: ReturnType<typeof createJobRepo>;
   };
   cluster: { uuid: string; name: string };
 }
@@ -86,6 +91,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
     deks: createDekRepo(db),
     principals: createPrincipalRepo(db),
     meta: createMetaRepo(db),
+    jobs: createJobRepo(db),
   };
   const audit = createAuditService({ db, repo: createAuditRepo(db, store.dialect) });
   const auth = createAuthService({ repo: repos.principals });
@@ -109,7 +115,15 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
   });
 
   const { unsynchronized } = await keyring.load();
-  const services: Services = { config, store, log, keyring, audit, auth, svms, onboard, deks, repos, cluster: { uuid: clusterUuid, name: clusterName } };
+  const jobs = createJobRunner({
+    db,
+    repo: repos.jobs,
+    nodeId: node.id,
+    log,
+    leaseMs: config.jobLeaseMs,
+    handlers: { 'rekey-internal': rekeyInternalJob({ keyring, keks: repos.keks, deks: repos.deks, keyManagers: repos.keyManagers, batch: config.rekeyBatch }) },
+  });
+  const services: Services = { config, store, log, keyring, audit, auth, svms, onboard, deks, jobs, repos, cluster: { uuid: clusterUuid, name: clusterName } };
   const server = await buildServer(services);
 
   let closed = false;
@@ -119,12 +133,15 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
     bootstrapSecret,
     unsynchronized,
     async listen() {
-      return server.listen({ host: config.host, port: config.port });
+      const address = await server.listen({ host: config.host, port: config.port });
+      jobs.start(); // resumes any job a crash or another node left behind
+      return address;
     },
     async close() {
       if (closed) return;
       closed = true;
       await server.close(); // stop accepting, drain in-flight requests
+      await jobs.stop(); // the running step finishes; its lease is released
       await audit.drain();
       keyring.seal();
       await store.close();

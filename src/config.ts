@@ -22,11 +22,15 @@ export interface Config {
   readonly bootstrapToken?: string;
   /** KDF cost for passphrase seals; only lowered by tests. */
   readonly kdfCost?: number;
+  /** Keys re-wrapped per rekey step (one transaction each). */
+  readonly rekeyBatch?: number;
+  /** How long a node's claim on a job lasts without renewal; another node takes the job over after it. */
+  readonly jobLeaseMs?: number;
 }
 
 export type ConfigInput = Partial<Record<keyof Config, unknown>>;
 
-const KEYS: (keyof Config)[] = ['host', 'port', 'dataDir', 'store', 'pgSchema', 'tlsCert', 'tlsKey', 'sealed', 'logLevel', 'nodeName', 'bootstrapToken', 'kdfCost'];
+const KEYS: (keyof Config)[] = ['host', 'port', 'dataDir', 'store', 'pgSchema', 'tlsCert', 'tlsKey', 'sealed', 'logLevel', 'nodeName', 'bootstrapToken', 'kdfCost', 'rekeyBatch', 'jobLeaseMs'];
 
 const ENV: Record<string, keyof Config> = {
   KEYSMITH_HOST: 'host',
@@ -89,6 +93,10 @@ export function parseConfig(...layers: ConfigInput[]): Config {
   if (bootstrapToken !== undefined && bootstrapToken.length < 16) throw new ConfigError('the bootstrap token must be at least 16 characters');
   const kdfCost = m.kdfCost === undefined ? undefined : Number(m.kdfCost);
   if (kdfCost !== undefined && (!Number.isInteger(kdfCost) || kdfCost < 14 || kdfCost > 20)) throw new ConfigError('kdfCost must be 14..20');
+  const rekeyBatch = m.rekeyBatch === undefined ? undefined : Number(m.rekeyBatch);
+  if (rekeyBatch !== undefined && (!Number.isInteger(rekeyBatch) || rekeyBatch < 1 || rekeyBatch > 100_000)) throw new ConfigError('rekeyBatch must be 1..100000');
+  const jobLeaseMs = m.jobLeaseMs === undefined ? undefined : Number(m.jobLeaseMs);
+  if (jobLeaseMs !== undefined && (!Number.isInteger(jobLeaseMs) || jobLeaseMs < 500 || jobLeaseMs > 600_000)) throw new ConfigError('jobLeaseMs must be 500..600000');
   return Object.freeze({
     host: str(m.host ?? '127.0.0.1', 'host'),
     port,
@@ -102,5 +110,7 @@ export function parseConfig(...layers: ConfigInput[]): Config {
     nodeName: str(m.nodeName ?? 'node1', 'nodeName'),
     bootstrapToken,
     kdfCost,
+    rekeyBatch,
+    jobLeaseMs,
   });
 }

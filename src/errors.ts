@@ -52,6 +52,9 @@ export const ERRORS = {
   unwrap_failed: { code: '65600012', status: 400, message: 'The wrapped key cannot be unwrapped: it is malformed, altered, or belongs to another key or tenant.' },
   svm_has_keys: { code: '65600013', status: 409, message: 'The SVM still owns keys or a key manager and cannot be deleted.' },
   admin_svm_immutable: { code: '65600014', status: 400, message: 'The admin SVM cannot be deleted.' },
+  rekey_no_keys: { code: '65537559', status: 400, message: 'There are no existing internal keys for the SVM. A rekey operation is allowed for an SVM with one or more encryption keys.' },
+  rekey_needs_migrate: { code: '65537547', status: 400, message: "One or more keys of this data SVM are stored in the key manager configured for the admin SVM. Migrate this data SVM's keys to its own key manager before running the rekey operation." },
+  job_running: { code: '65600021', status: 409, message: 'A rekey of this SVM is already running.' },
   token_expired: { code: '12', status: 401, message: 'The token has expired or was revoked.' },
 } as const satisfies Record<string, ErrorSpec>;
 

@@ -16,6 +16,7 @@ import { keyManagerRoutes } from './routes/key-managers.js';
 import { keyRoutes } from './routes/keys.js';
 import { principalRoutes } from './routes/principals.js';
 import { auditRoutes } from './routes/audit.js';
+import { jobRoutes } from './routes/jobs.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -138,5 +139,6 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
   await app.register(keyRoutes(s));
   await app.register(principalRoutes(s));
   await app.register(auditRoutes(s));
+  await app.register(jobRoutes(s));
   return app;
 }

@@ -29,6 +29,39 @@ export function createDekRepo(db: Conn) {
         (await tx.selectFrom('deks').select((eb) => eb.fn.countAll<number>().as('n')).where('svm_uuid', '=', svmUuid).executeTakeFirstOrThrow()).n,
       ),
     update: (id: string, patch: Partial<DekRow>, tx: Conn = db) => tx.updateTable('deks').set(patch).where('id', '=', id).execute(),
+    /** The next keys of a tenant still wrapped under a KEK version older than `below`, in id order. */
+    stillUnder: (svmUuid: string, below: number, after: string, limit: number, tx: Conn = db) =>
+      tx
+        .selectFrom('deks')
+        .select(['id', 'wrapped', 'kek_version'])
+        .where('svm_uuid', '=', svmUuid)
+        .where('id', '>', after)
+        .where('kek_version', '<', below)
+        .where('wrapped', 'is not', null)
+        .orderBy('id')
+        .limit(limit)
+        .execute(),
+    countStillUnder: async (svmUuid: string, below: number, tx: Conn = db) =>
+      Number(
+        (
+          await tx
+            .selectFrom('deks')
+            .select((eb) => eb.fn.countAll<number>().as('n'))
+            .where('svm_uuid', '=', svmUuid)
+            .where('kek_version', '<', below)
+            .where('wrapped', 'is not', null)
+            .executeTakeFirstOrThrow()
+        ).n,
+      ),
+    /** Replaces a key's wrapped form, only if it is still the one that was read (not destroyed or moved meanwhile). */
+    rewrap: (id: string, fromVersion: number, wrapped: Buffer, toVersion: number, tx: Conn) =>
+      tx
+        .updateTable('deks')
+        .set({ wrapped, kek_version: toVersion })
+        .where('id', '=', id)
+        .where('kek_version', '=', fromVersion)
+        .where('wrapped', 'is not', null)
+        .execute(),
   };
 }
 export type DekRepo = ReturnType<typeof createDekRepo>;

@@ -16,6 +16,10 @@ export function createKekRepo(db: Conn) {
         .executeTakeFirst(),
     findVersion: (svmUuid: string, version: number, tx: Conn = db) =>
       tx.selectFrom('keks').selectAll().where('svm_uuid', '=', svmUuid).where('version', '=', version).executeTakeFirst(),
+    maxVersion: async (svmUuid: string, tx: Conn = db) =>
+      Number((await tx.selectFrom('keks').select((eb) => eb.fn.max<number>('version').as('v')).where('svm_uuid', '=', svmUuid).executeTakeFirst())?.v ?? 0),
+    setState: (svmUuid: string, version: number, state: KekRow['state'], tx: Conn = db) =>
+      tx.updateTable('keks').set({ state }).where('svm_uuid', '=', svmUuid).where('version', '=', version).execute(),
     listForSvm: (svmUuid: string, tx: Conn = db) =>
       tx.selectFrom('keks').selectAll().where('svm_uuid', '=', svmUuid).orderBy('version').execute(),
     listAll: (tx: Conn = db) => tx.selectFrom('keks').selectAll().orderBy('svm_uuid').orderBy('version').execute(),

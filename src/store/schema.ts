@@ -46,7 +46,8 @@ export interface KekTable {
   key_manager_uuid: string;
   root_version: number;
   wrapped: Buffer;
-  state: 'active' | 'decommissioned';
+  /** active: wraps new keys; retiring: a rekey is moving its keys away; decommissioned: wraps nothing, still opens wrapped forms clients hold. */
+  state: 'active' | 'retiring' | 'decommissioned';
   created_at: string;
 }
 
@@ -117,6 +118,30 @@ export interface NodeTable {
   last_seen: string;
 }
 
+export interface JobTable {
+  uuid: string;
+  /** Element's integer asyncHandle. */
+  handle: number;
+  type: string;
+  description: string;
+  state: 'queued' | 'running' | 'paused' | 'success' | 'failure';
+  code: number;
+  message: string;
+  svm_uuid: string | null;
+  params: string;
+  cursor: string | null;
+  result: string | null;
+  progress_done: number;
+  progress_total: number;
+  created_by: string;
+  created_at: string;
+  start_time: string | null;
+  end_time: string | null;
+  updated_at: string;
+  lease_owner: string | null;
+  lease_until: number | null;
+}
+
 export interface DB {
   meta: MetaTable;
   svms: SvmTable;
@@ -129,6 +154,7 @@ export interface DB {
   audit_events: AuditEventTable;
   audit_head: AuditHeadTable;
   nodes: NodeTable;
+  jobs: JobTable;
 }
 
 export type Db = Kysely<DB>;
