@@ -46,6 +46,8 @@ interface Ctx {
   backup: string;
   /** A user the refused callers try to delete (only the admin's call needs a fresh one each time). */
   victimUser?: string;
+  /** A finished rekey-internal job per tenant, made on first use by the job rows. */
+  jobs?: Partial<Record<'A' | 'B' | 'cluster', string>>;
 }
 
 interface Row {
@@ -88,6 +90,14 @@ async function freshKeyManager(c: Ctx): Promise<string> {
   return list.body.records[0].uuid;
 }
 const kmUuids = (body: any) => body.records.map((r: any) => r.uuid).sort();
+/** rekey-internal that waits for its job, so no job is left running under the next call. */
+const REKEY = (km: string) => `/api/security/key-managers/${km}/rekey-internal?return_timeout=120&return_records=true`;
+/** Rekeys a tenant's key manager once (as admin) and returns the job's uuid. */
+async function jobOf(c: Ctx, t: 'A' | 'B' | 'cluster'): Promise<string> {
+  c.jobs ??= {};
+  c.jobs[t] ??= (await admin(c, 'POST', REKEY(c.km[t]))).body.records[0].uuid as string;
+  return c.jobs[t]!;
+}
 
 function table(): Row[] {
   return [
@@ -235,6 +245,52 @@ function table(): Row[] {
       build: (c) => ({ path: '/api/security/key-managers/onboard/restore', body: { key_backup: c.backup, passphrase: KM_PASSPHRASE } }),
       expect: E(409, 403, 403, 403, 403),
     },
+
+    // ---- jobs
+    {
+      method: 'POST',
+      route: '/api/security/key-managers/{uuid}/rekey-internal',
+      what: "A's key manager",
+      build: (c) => ({ path: REKEY(c.km.A) }),
+      expect: E('ok', 'ok', 403, 403, 403),
+      check: (c, _who, body) => {
+        expect(body.records[0].state).toBe('success');
+        expect(body.records[0].svm.uuid).toBe(c.A.uuid);
+      },
+    },
+    { method: 'POST', route: '/api/security/key-managers/{uuid}/rekey-internal', what: "B's key manager", build: (c) => ({ path: REKEY(c.km.B) }), expect: E('ok', 404, 403, 404, 404) },
+    { method: 'POST', route: '/api/security/key-managers/{uuid}/rekey-internal', what: "the cluster's key manager", build: (c) => ({ path: REKEY(c.km.cluster) }), expect: E('ok', 404, 403, 404, 404) },
+    {
+      method: 'GET',
+      route: '/api/cluster/jobs',
+      what: 'list',
+      build: async (c) => {
+        for (const t of ['A', 'B', 'cluster'] as const) await jobOf(c, t);
+        return { path: '/api/cluster/jobs?fields=svm,state' };
+      },
+      expect: E('ok', 'ok', 'ok', 'ok', 403),
+      check: (c, who, body) => {
+        const uuids: string[] = body.records.map((r: any) => r.uuid);
+        if (who === 'svmAdminA' || who === 'readonlyA') {
+          expect(uuids).toContain(c.jobs!.A);
+          for (const r of body.records) expect(r.svm?.uuid).toBe(c.A.uuid);
+        } else expect(uuids).toEqual(expect.arrayContaining([c.jobs!.A, c.jobs!.B, c.jobs!.cluster]));
+      },
+    },
+    {
+      method: 'GET',
+      route: '/api/cluster/jobs/{uuid}',
+      what: "A's job",
+      build: async (c) => ({ path: `/api/cluster/jobs/${await jobOf(c, 'A')}` }),
+      expect: E('ok', 'ok', 'ok', 'ok', 403),
+      check: (c, _who, body) => {
+        expect(body.uuid).toBe(c.jobs!.A);
+        expect(body.state).toBe('success');
+      },
+    },
+    { method: 'GET', route: '/api/cluster/jobs/{uuid}', what: "B's job", build: async (c) => ({ path: `/api/cluster/jobs/${await jobOf(c, 'B')}` }), expect: E('ok', 404, 'ok', 404, 403) },
+    { method: 'GET', route: '/api/cluster/jobs/{uuid}', what: "the cluster's job", build: async (c) => ({ path: `/api/cluster/jobs/${await jobOf(c, 'cluster')}` }), expect: E('ok', 404, 'ok', 404, 403) },
+    { method: 'GET', route: '/api/cluster/jobs/{uuid}', what: 'an unknown job', build: () => ({ path: '/api/cluster/jobs/00000000-0000-4000-8000-000000000000' }), expect: E(404, 404, 404, 404, 403) },
 
     // ---- data plane
     { method: 'POST', route: '/api/v1/svms/{svm}/keys', what: 'in A', build: (c) => ({ path: `/api/v1/svms/${c.A.name}/keys`, body: {} }), expect: E('ok', 'ok', 403, 403, 'ok') },

@@ -111,8 +111,10 @@ export function createDekService(deps: {
       if (!km) fail('key_manager_missing');
       const base = { id: newId('kek'), svm_uuid: svm.uuid, version: 1, key_manager_uuid: km.uuid, root_version: km.root_version, state: 'active' as const, created_at: now() };
       const wrapped = keyring.wrapKek(km, base, randomBytes(32));
-      await deps.keks.insert({ ...base, wrapped }, tx);
-      row = { ...base, wrapped };
+      // Concurrent first keys of a tenant race to create v1 (PostgreSQL): the loser uses the winner's.
+      await deps.keks.insertIfAbsent({ ...base, wrapped }, tx);
+      row = await deps.keks.findActive(svm.uuid, tx);
+      if (!row) throw new Error(`active KEK of ${svm.uuid} vanished`);
     }
     const kek = await keyring.kek(svm.uuid, row.version, tx);
     if (!kek) throw new Error(`active KEK of ${svm.uuid} vanished`);

@@ -7,7 +7,9 @@
  * - A step's changes commit only while this node holds the job's lease: a node that lost its lease
  *   (it stalled, another node took over) rolls its step back, so exactly one node executes each step.
  * - A crash at any instant leaves the job at its last committed cursor; the next claim resumes it
- *   from there. Steps are written so that repeating one is harmless.
+ *   from there (at once when the same node restarts: a lease it finds in its own name is its dead
+ *   predecessor's, and the runner runs one job at a time). Steps are written so that repeating one
+ *   is harmless.
  * - stop() lets the running step finish and releases the lease.
  */
 import type { Logger } from 'pino';
@@ -51,6 +53,9 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
   async function runJob(uuid: string): Promise<void> {
     if (!(await repo.claim(uuid, nodeId, Date.now(), Date.now() + LEASE_MS))) return;
     for (;;) {
+      // SQLite's driver is synchronous: without a turn of the event loop between steps, a whole job
+      // would run as one chain of microtasks and no request would be served until it ended.
+      await new Promise((r) => setImmediate(r));
       if (stopping) {
         await repo.release(uuid, nodeId);
         return;
@@ -84,6 +89,11 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
         if (done) return;
       } catch (e) {
         if (e instanceof LeaseLost) return;
+        if (e instanceof KeysmithError && (e.kind === 'sealed' || e.kind === 'not_synchronized')) {
+          // This node cannot open the keys, another node (or this one, once unsealed) can: leave the job.
+          await repo.release(uuid, nodeId);
+          return;
+        }
         if (e instanceof KeysmithError) {
           await finish(job, 'failure', Number(e.code), e.message, undefined);
           return;
@@ -104,7 +114,7 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
   async function tick(): Promise<void> {
     kicked = false;
     try {
-      for (const { uuid } of await repo.claimable(Date.now())) {
+      for (const { uuid } of await repo.claimable(Date.now(), nodeId)) {
         if (stopping) break;
         await runJob(uuid);
       }

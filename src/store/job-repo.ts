@@ -17,12 +17,15 @@ export function createJobRepo(db: Conn) {
     /** An unfinished job of this type for this SVM, if any. */
     findOpen: (type: string, svmUuid: string, tx: Conn = db) =>
       tx.selectFrom('jobs').selectAll().where('type', '=', type).where('svm_uuid', '=', svmUuid).where('state', 'in', ['queued', 'running', 'paused']).executeTakeFirst(),
-    /** Jobs waiting for a node: queued, or running under a lease that has run out. */
-    claimable: (now: number, tx: Conn = db) =>
+    /**
+     * Jobs waiting for this node: queued, running under a lease that has run out, or running under
+     * this node's own lease (its previous process died holding it: a restarted node resumes at once).
+     */
+    claimable: (now: number, owner: string, tx: Conn = db) =>
       tx
         .selectFrom('jobs')
         .select(['uuid'])
-        .where((eb) => eb.or([eb('state', '=', 'queued'), eb.and([eb('state', '=', 'running'), eb('lease_until', '<', now)])]))
+        .where((eb) => eb.or([eb('state', '=', 'queued'), eb.and([eb('state', '=', 'running'), eb.or([eb('lease_until', '<', now), eb('lease_owner', '=', owner)])])]))
         .orderBy('handle')
         .limit(10)
         .execute(),
@@ -42,8 +45,9 @@ export function createJobRepo(db: Conn) {
       const r = await tx.updateTable('jobs').set(patch).where('uuid', '=', uuid).where('lease_owner', '=', owner).executeTakeFirst();
       return Number(r.numUpdatedRows) === 1;
     },
+    /** Gives the lease up; the lease counts as run out, so any node (this one too) claims the job next. */
     release: (uuid: string, owner: string, tx: Conn = db) =>
-      tx.updateTable('jobs').set({ lease_owner: null, lease_until: null }).where('uuid', '=', uuid).where('lease_owner', '=', owner).execute(),
+      tx.updateTable('jobs').set({ lease_owner: null, lease_until: 0 }).where('uuid', '=', uuid).where('lease_owner', '=', owner).execute(),
   };
 }
 export type JobRepo = ReturnType<typeof createJobRepo>;

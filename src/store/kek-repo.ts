@@ -6,6 +6,9 @@ export type KekRow = KekTable;
 export function createKekRepo(db: Conn) {
   return {
     insert: (row: KekRow, tx: Conn = db) => tx.insertInto('keks').values(row).execute(),
+    /** Inserts unless the tenant already has that version (a concurrent first use created it). */
+    insertIfAbsent: (row: KekRow, tx: Conn = db) =>
+      tx.insertInto('keks').values(row).onConflict((oc) => oc.columns(['svm_uuid', 'version']).doNothing()).execute(),
     findActive: (svmUuid: string, tx: Conn = db) =>
       tx
         .selectFrom('keks')

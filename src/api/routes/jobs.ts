@@ -107,7 +107,8 @@ export function jobRoutes(s: Services) {
         s.keyring.root(km!); // sealed or unsynchronized nodes refuse up front
         const kek = await s.repos.keks.findActive(svm!.uuid);
         if (kek && kek.key_manager_uuid !== km!.uuid) fail('rekey_needs_migrate');
-        if (!kek || (await s.repos.deks.countForSvm(svm!.uuid)) === 0) fail('rekey_no_keys');
+        // Destroyed keys have no material left to re-wrap: they do not count as keys here.
+        if (!kek || (await s.repos.deks.countStillUnder(svm!.uuid, 0x7fffffff)) === 0) fail('rekey_no_keys');
         const who = actor(req);
         const job = await s.store.db.transaction().execute(async (tx) => {
           if (await s.repos.jobs.findOpen('rekey-internal', svm!.uuid, tx)) fail('job_running');
