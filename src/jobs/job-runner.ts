@@ -50,7 +50,21 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
     return db.transaction().execute((t2) => repo.advance(job.uuid, nodeId, patch, t2));
   }
 
+  // Jobs this process is running: a lease in this node's name on any other job is a dead
+  // predecessor's, which claimable() hands back at once; never one this process is still running.
+  const active = new Set<string>();
+
   async function runJob(uuid: string): Promise<void> {
+    if (active.has(uuid)) return;
+    active.add(uuid);
+    try {
+      await runClaimed(uuid);
+    } finally {
+      active.delete(uuid);
+    }
+  }
+
+  async function runClaimed(uuid: string): Promise<void> {
     if (!(await repo.claim(uuid, nodeId, Date.now(), Date.now() + LEASE_MS))) return;
     for (;;) {
       // SQLite's driver is synchronous: without a turn of the event loop between steps, a whole job
@@ -138,6 +152,7 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
   return {
     start(): void {
       stopping = false;
+      if (timer || running) return; // already started: one polling loop per runner
       schedule(0);
     },
 
