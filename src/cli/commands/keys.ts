@@ -3,22 +3,10 @@ import type { Command } from 'commander';
 import { CliError } from '../client.js';
 import { act, clientCommand, intFlag, type Ctx } from '../command.js';
 import { readLines } from '../input.js';
+import type { KeyView } from '../../hierarchy/dek-service.js';
 
-interface KeyRecord {
-  id: string;
-  svm: { uuid: string; name: string };
-  name: string | null;
-  algorithm: string;
-  length: number;
-  state: string;
-  kek_version: number;
-  created_at: string;
-  updated_at: string;
-  activated_at: string | null;
-  deactivated_at: string | null;
-  compromised_at: string | null;
-  destroyed_at: string | null;
-}
+/** What the server answers for a key (type only: the CLI loads no server code). */
+type KeyRecord = KeyView;
 
 const base = (svm: string) => `/api/v1/svms/${encodeURIComponent(svm)}`;
 
