@@ -88,7 +88,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
     svms: createSvmRepo(db),
     keyManagers: createKeyManagerRepo(db),
     keks: createKekRepo(db),
-    deks: createDekRepo(db),
+    deks: createDekRepo(db, store.dialect),
     principals: createPrincipalRepo(db),
     meta: createMetaRepo(db),
     jobs: createJobRepo(db),

@@ -40,13 +40,12 @@ const BUILT = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 
 /**
  * Keys to re-wrap, and keys per rekey step (one transaction each). SQLite, the embedded default,
- * carries the issue's 100,000 keys in 400 steps. PostgreSQL re-wraps one key per round trip
- * (~0.5 ms a key), so to stay within a CI run it takes 20,000 keys in 80 steps by default;
- * KEYSMITH_CRASH_DEKS_PG=100000 runs it at full size.
+ * and PostgreSQL both carry the issue's 100,000 keys in 400 steps (PostgreSQL re-wraps a batch in
+ * one statement). KEYSMITH_CRASH_DEKS / KEYSMITH_CRASH_DEKS_PG change the count.
  */
 const PROFILE = {
   sqlite: { keys: Number(process.env.KEYSMITH_CRASH_DEKS ?? 100_000), steps: 400 },
-  postgres: { keys: Number(process.env.KEYSMITH_CRASH_DEKS_PG ?? 20_000), steps: 80 },
+  postgres: { keys: Number(process.env.KEYSMITH_CRASH_DEKS_PG ?? 100_000), steps: 400 },
 };
 /** Keys created through the real generateDataKey path; the rest are written in bulk. */
 const THROUGH_SERVICE = 1_000;

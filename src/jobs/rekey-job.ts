@@ -55,6 +55,7 @@ export function rekeyInternalJob(deps: { keyring: Keyring; keks: KekRepo; deks: 
         const target = await deps.keyring.kek(svmUuid, cursor.to, tx);
         if (!target) throw new Error(`KEK version ${cursor.to} of ${svmUuid} is missing`);
         const sources = new Map<number, Buffer>();
+        const rewrapped: { id: string; fromVersion: number; wrapped: Buffer }[] = [];
         for (const r of rows) {
           if (!sources.has(r.kek_version)) {
             const k = await deps.keyring.kek(svmUuid, r.kek_version, tx);
@@ -66,8 +67,9 @@ export function rekeyInternalJob(deps: { keyring: Keyring; keks: KekRepo; deks: 
           if (!plain) throw new Error(`key ${r.id} does not open under KEK version ${r.kek_version}`);
           const blob = seal(target.key, target.row.id, cursor.to, dekContext(svmUuid, r.id, cursor.to), plain);
           plain.fill(0);
-          await deps.deks.rewrap(r.id, r.kek_version, blob, cursor.to, tx);
+          rewrapped.push({ id: r.id, fromVersion: r.kek_version, wrapped: blob });
         }
+        await deps.deks.rewrapMany(rewrapped, cursor.to, tx);
         const done = cursor.done + rows.length;
         const total = Math.max(cursor.total, done);
         return { cursor: { ...cursor, after: rows[rows.length - 1].id, done, total }, done: false, progress: { done, total }, message: `re-wrapped ${done} of ${total} keys` };

@@ -1,9 +1,10 @@
 /** SQL for data encryption keys. */
+import { sql } from 'kysely';
 import type { Conn, DekTable } from './schema.js';
 
 export type DekRow = DekTable;
 
-export function createDekRepo(db: Conn) {
+export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite') {
   // The unwrap hot path: compiled once, run with fresh parameters (id, then svm).
   const stateById = db.selectFrom('deks').select(['id', 'state']).where('id', '=', '').where('svm_uuid', '=', '').compile();
   return {
@@ -53,15 +54,23 @@ export function createDekRepo(db: Conn) {
             .executeTakeFirstOrThrow()
         ).n,
       ),
-    /** Replaces a key's wrapped form, only if it is still the one that was read (not destroyed or moved meanwhile). */
-    rewrap: (id: string, fromVersion: number, wrapped: Buffer, toVersion: number, tx: Conn) =>
-      tx
-        .updateTable('deks')
-        .set({ wrapped, kek_version: toVersion })
-        .where('id', '=', id)
-        .where('kek_version', '=', fromVersion)
-        .where('wrapped', 'is not', null)
-        .execute(),
+    /**
+     * Replaces many keys' wrapped forms, each only if it is still the one that was read. On
+     * PostgreSQL one UPDATE … FROM (VALUES …) per batch (a round trip per key would dominate); on
+     * SQLite one cached statement per key, which is cheaper than building a large one.
+     */
+    rewrapMany: async (items: { id: string; fromVersion: number; wrapped: Buffer }[], toVersion: number, tx: Conn) => {
+      if (items.length === 0) return;
+      if (dialect !== 'postgres') {
+        for (const it of items)
+          await tx.updateTable('deks').set({ wrapped: it.wrapped, kek_version: toVersion }).where('id', '=', it.id).where('kek_version', '=', it.fromVersion).where('wrapped', 'is not', null).execute();
+        return;
+      }
+      const rows = sql.join(items.map((it) => sql`(${it.id}::text, ${it.fromVersion}::integer, ${it.wrapped}::bytea)`));
+      await sql`UPDATE deks AS d SET wrapped = v.wrapped, kek_version = ${toVersion}::integer
+        FROM (VALUES ${rows}) AS v(id, from_version, wrapped)
+        WHERE d.id = v.id AND d.kek_version = v.from_version AND d.wrapped IS NOT NULL`.execute(tx);
+    },
   };
 }
 export type DekRepo = ReturnType<typeof createDekRepo>;
