@@ -78,7 +78,9 @@ export function createKeyring(deps: {
   const { node } = deps;
   let sealed = deps.startSealed;
   const roots = new Map<string, Buffer>(); // `${kmUuid}:${rootVersion}` → root key
-  const keks = new Map<string, Buffer>(); // `${svmUuid}:${version}` → KEK
+  // `${svmUuid}:${version}` → KEK and its row. A version's id and material never change once
+  // written (only its state does, which no caller of kek() reads), so the row is cached with it.
+  const keks = new Map<string, { key: Buffer; row: KekRow }>();
 
   const rootSlot = (kmUuid: string, v: number) => `${kmUuid}:${v}`;
 
@@ -124,7 +126,7 @@ export function createKeyring(deps: {
     seal(): void {
       sealed = true;
       for (const k of roots.values()) k.fill(0);
-      for (const k of keks.values()) k.fill(0);
+      for (const k of keks.values()) k.key.fill(0);
       roots.clear();
       keks.clear();
     },
@@ -155,20 +157,20 @@ export function createKeyring(deps: {
     async kek(svmUuid: string, version: number, tx?: Conn): Promise<{ key: Buffer; row: KekRow } | null> {
       if (sealed) throw new KeysmithError('sealed');
       const slot = `${svmUuid}:${version}`;
+      const cached = keks.get(slot);
+      if (cached) return cached;
       const row = await deps.keks.findVersion(svmUuid, version, tx);
       if (!row) return null;
-      const cached = keks.get(slot);
-      if (cached) return { key: cached, row };
       const km = await deps.keyManagers.findByUuid(row.key_manager_uuid, tx);
       if (!km) return null;
       const key = open(this.root({ uuid: km.uuid, root_version: row.root_version }), kekContext(row), row.wrapped);
       if (!key) throw new Error(`KEK ${row.id} of tenant ${svmUuid} does not open under its root key`);
-      keks.set(slot, key);
+      keks.set(slot, { key, row });
       return { key, row };
     },
 
     /** Cached KEK only: the hot path of unwrap checks this before touching the store. */
-    cachedKek: (svmUuid: string, version: number): Buffer | undefined => (sealed ? undefined : keks.get(`${svmUuid}:${version}`)),
+    cachedKek: (svmUuid: string, version: number): Buffer | undefined => (sealed ? undefined : keks.get(`${svmUuid}:${version}`)?.key),
   };
 }
 export type Keyring = ReturnType<typeof createKeyring>;
