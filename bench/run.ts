@@ -15,7 +15,9 @@
  *   --keys N         data keys created before the run (default 2000)
  *   --batch N        wrapped keys per unwrap-batch request (default 1000)
  *   --store URL      Keysmith's store: a postgres:// URL (default: SQLite in a temp directory)
- *   --only LIST      some of: crypto,bare,unwrap,batch,create (default: all); unwrap includes an auth-only GET for attribution
+ *   --only LIST      some of: crypto,bare,unwrap,batch,create,rekey,kmip (default: all); unwrap includes an auth-only GET for attribution
+ *                    kmip: KMIP Create/Get @1/@8 against Keysmith's KMIP server and pykmip-server (bench/kmip.ts)
+ *   --rekey-keys L   DEK counts for the rekey group (default 100000,1000000); SQLite, and PostgreSQL with --store (bench/rekey.ts)
  *   --profile        CPU-profile the server during each measured scenario (bare @50 and Keysmith) and summarize
  *   --out DIR        where profiles and results.json go (default: a temp directory)
  *   --keep           keep the temp data directory
@@ -33,6 +35,8 @@ import { open, seal } from '../src/crypto/aead.js';
 import { dekContext, decodeWrapped, encodeWrapped } from '../src/hierarchy/dek-service.js';
 import { newId } from '../src/ids.js';
 import { formatSummary, summarize, type CpuProfile } from './profile-summary.js';
+import { formatRekey, runRekeyBench, type RekeyRun } from './rekey.js';
+import { formatKmipGroup, runKmipGroup, type KmipGroupRow } from './kmip.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -43,7 +47,8 @@ const { values: args } = parseArgs({
     keys: { type: 'string', default: '2000' },
     batch: { type: 'string', default: '1000' },
     store: { type: 'string' },
-    only: { type: 'string', default: 'crypto,bare,unwrap,batch,create' },
+    only: { type: 'string', default: 'crypto,bare,unwrap,batch,create,rekey,kmip' },
+    'rekey-keys': { type: 'string', default: '100000,1000000' },
     profile: { type: 'boolean', default: false },
     out: { type: 'string' },
     keep: { type: 'boolean', default: false },
@@ -340,6 +345,8 @@ async function main(): Promise<void> {
   const profiles: { name: string; file: string }[] = [];
   let crypto: ReturnType<typeof cryptoCeilings> | undefined;
   let seed: { keys: number; ms: number; dialect: string } | undefined;
+  let rekeyRuns: RekeyRun[] = [];
+  let kmipRows: KmipGroupRow[] = [];
   const cpu = cpus();
   console.log(`Keysmith benchmark — node ${process.version}, ${cpu.length} × ${cpu[0]?.model ?? 'cpu'}; ${DURATION} s per scenario after ${WARMUP} s warm-up`);
   const quiet = cpuAccount();
@@ -427,15 +434,28 @@ async function main(): Promise<void> {
       }
       await ks.stop();
     }
+
+    if (ONLY.has('rekey')) {
+      // Its own stores and server processes (bench/rekey.ts); SQLite, and PostgreSQL with --store.
+      rekeyRuns = await runRekeyBench({ sizes: args['rekey-keys']!.split(',').map(Number), pgUrl: args.store });
+    }
+
+    if (ONLY.has('kmip')) {
+      // Its own server processes (Keysmith's KMIP server, then pykmip-server), same client, same run.
+      const k = await runKmipGroup({ durationMs: DURATION * 1000, warmupMs: WARMUP * 1000, store: args.store, profileDir: args.profile ? outDir : undefined });
+      kmipRows = k.rows;
+      profiles.push(...k.profiles);
+    }
   } finally {
     cleanUp();
     if (args.keep) console.log(`data directory kept: ${dataDir}`);
   }
 
   // ---- report
+  if (rekeyRuns.length) console.log(`\nrekey-internal (bench/rekey.ts):\n${formatRekey(rekeyRuns)}`);
   console.log('');
   if (seed) console.log(`store: ${seed.dialect}; ${seed.keys} data keys seeded in ${(seed.ms / 1000).toFixed(1)} s${args.profile ? '; PROFILER ON: Keysmith figures are lower than unprofiled' : ''}`);
-  console.log(table(rows));
+  if (rows.length) console.log(table(rows));
   if (crypto) {
     console.log('');
     console.log(`in-process ceilings, one core (this process)${crypto.otherCpuPct !== undefined ? `; other processes used ${crypto.otherCpuPct.toFixed(0)}% of the machine meanwhile` : ''}:`);
@@ -455,6 +475,11 @@ async function main(): Promise<void> {
   }
   if (unwrap50) targets.push({ what: 'unwrap@50 p99', value: `${fmtMs(unwrap50.p99)} ms`, target: `< ${TARGET_P99_MS} ms`, pass: unwrap50.p99 < TARGET_P99_MS && unwrap50.bad === 0 });
   if (batchBest) targets.push({ what: `unwrap-batch keys/s (best, @${batchBest.connections})`, value: fmtInt(batchBest.keysPerSec), target: `≥ ${fmtInt(TARGET_BATCH_KEYS_S)}`, pass: (batchBest.keysPerSec ?? 0) >= TARGET_BATCH_KEYS_S && batchBest.bad === 0 });
+  if (kmipRows.length) {
+    const k = formatKmipGroup(kmipRows);
+    console.log(`\nKMIP (bench/kmip.ts), Keysmith's KMIP client driving each server:\n${k.table}`);
+    targets.push(...k.targets);
+  }
   if (targets.length) {
     console.log('');
     console.log('targets:');
@@ -471,7 +496,7 @@ async function main(): Promise<void> {
     console.log('');
     console.log(formatSummary(summarize(JSON.parse(readFileSync(p.file, 'utf8')) as CpuProfile, 15), `profile during ${p.name} (${p.file})`));
   }
-  writeFileSync(join(outDir, 'results.json'), JSON.stringify({ node: process.version, cpus: cpu.length, duration: DURATION, seed, rows, crypto, targets }, null, 2));
+  writeFileSync(join(outDir, 'results.json'), JSON.stringify({ node: process.version, cpus: cpu.length, duration: DURATION, seed, rows, crypto, targets, rekey: rekeyRuns, kmip: kmipRows }, null, 2));
   console.log(`\nresults: ${join(outDir, 'results.json')}`);
 }
 

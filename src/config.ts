@@ -26,11 +26,17 @@ export interface Config {
   readonly rekeyBatch?: number;
   /** How long a node's claim on a job lasts without renewal; another node takes the job over after it. */
   readonly jobLeaseMs?: number;
+  /** KMIP listener port (5696 by default; 0 picks a free one). The listener runs only when its TLS files are configured. */
+  readonly kmipPort: number;
+  /** KMIP TLS server certificate, its key, and the CA(s) that issue accepted client certificates (PEM files). */
+  readonly kmipTlsCert?: string;
+  readonly kmipTlsKey?: string;
+  readonly kmipClientCa?: string;
 }
 
 export type ConfigInput = Partial<Record<keyof Config, unknown>>;
 
-const KEYS: (keyof Config)[] = ['host', 'port', 'dataDir', 'store', 'pgSchema', 'tlsCert', 'tlsKey', 'sealed', 'logLevel', 'nodeName', 'bootstrapToken', 'kdfCost', 'rekeyBatch', 'jobLeaseMs'];
+const KEYS: (keyof Config)[] = ['host', 'port', 'dataDir', 'store', 'pgSchema', 'tlsCert', 'tlsKey', 'sealed', 'logLevel', 'nodeName', 'bootstrapToken', 'kdfCost', 'rekeyBatch', 'jobLeaseMs', 'kmipPort', 'kmipTlsCert', 'kmipTlsKey', 'kmipClientCa'];
 
 const ENV: Record<string, keyof Config> = {
   KEYSMITH_HOST: 'host',
@@ -44,6 +50,10 @@ const ENV: Record<string, keyof Config> = {
   KEYSMITH_LOG_LEVEL: 'logLevel',
   KEYSMITH_NODE_NAME: 'nodeName',
   KEYSMITH_BOOTSTRAP_TOKEN: 'bootstrapToken',
+  KEYSMITH_KMIP_PORT: 'kmipPort',
+  KEYSMITH_KMIP_TLS_CERT: 'kmipTlsCert',
+  KEYSMITH_KMIP_TLS_KEY: 'kmipTlsKey',
+  KEYSMITH_KMIP_CLIENT_CA: 'kmipClientCa',
 };
 
 export class ConfigError extends Error {}
@@ -97,6 +107,13 @@ export function parseConfig(...layers: ConfigInput[]): Config {
   if (rekeyBatch !== undefined && (!Number.isInteger(rekeyBatch) || rekeyBatch < 1 || rekeyBatch > 100_000)) throw new ConfigError('rekeyBatch must be 1..100000');
   const jobLeaseMs = m.jobLeaseMs === undefined ? undefined : Number(m.jobLeaseMs);
   if (jobLeaseMs !== undefined && (!Number.isInteger(jobLeaseMs) || jobLeaseMs < 500 || jobLeaseMs > 600_000)) throw new ConfigError('jobLeaseMs must be 500..600000');
+  const kmipPort = Number(m.kmipPort ?? 5696);
+  if (!Number.isInteger(kmipPort) || kmipPort < 0 || kmipPort > 65535) throw new ConfigError('kmipPort must be an integer 0..65535');
+  const kmipTlsCert = m.kmipTlsCert === undefined ? undefined : str(m.kmipTlsCert, 'kmipTlsCert');
+  const kmipTlsKey = m.kmipTlsKey === undefined ? undefined : str(m.kmipTlsKey, 'kmipTlsKey');
+  const kmipClientCa = m.kmipClientCa === undefined ? undefined : str(m.kmipClientCa, 'kmipClientCa');
+  const kmipSet = [kmipTlsCert, kmipTlsKey, kmipClientCa].filter((x) => x !== undefined).length;
+  if (kmipSet !== 0 && kmipSet !== 3) throw new ConfigError('kmipTlsCert, kmipTlsKey and kmipClientCa must be given together');
   return Object.freeze({
     host: str(m.host ?? '127.0.0.1', 'host'),
     port,
@@ -112,5 +129,9 @@ export function parseConfig(...layers: ConfigInput[]): Config {
     kdfCost,
     rekeyBatch,
     jobLeaseMs,
+    kmipPort,
+    kmipTlsCert,
+    kmipTlsKey,
+    kmipClientCa,
   });
 }

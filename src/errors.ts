@@ -37,6 +37,7 @@ export const ERRORS = {
   sync_forbids_passphrase: { code: '65537243', status: 400, message: 'The Onboard Key Manager passphrase must not be provided when performing a PATCH/synchronize operation.' },
   key_manager_exists: { code: '65600016', status: 409, message: 'A key manager is already configured for this SVM.' },
   key_manager_missing: { code: '65600017', status: 409, message: 'No key manager protects this SVM: configure one first.' },
+  key_manager_changed: { code: '65600018', status: 409, message: "The key manager's root key changed while this request ran (a master-key rekey): nothing was changed; retry." },
   key_manager_in_use: { code: '65600015', status: 409, message: 'The key manager still protects keys and cannot be deleted.' },
 
   // Keysmith's own: backup, seal, keys
@@ -55,10 +56,89 @@ export const ERRORS = {
   rekey_no_keys: { code: '65537559', status: 400, message: 'There are no existing internal keys for the SVM. A rekey operation is allowed for an SVM with one or more encryption keys.' },
   rekey_needs_migrate: { code: '65537547', status: 400, message: "One or more keys of this data SVM are stored in the key manager configured for the admin SVM. Migrate this data SVM's keys to its own key manager before running the rekey operation." },
   job_running: { code: '65600021', status: 409, message: 'A rekey of this SVM is already running.' },
+  // Key stores: switching the enabled configuration and migrating keys (ONTAP /security/key-stores, .../migrate)
+  key_store_switching: { code: '65537610', status: 400, message: 'Rekey cannot be performed on the SVM while the enabled keystore configuration is being switched. If a previous switch failed or was interrupted, rekeys stay refused until PATCH /api/security/key-stores/{uuid} is run again to complete it.' },
+  key_store_initializing: { code: '65539436', status: 400, message: 'Rekey cannot be performed on the SVM while the enabled keystore configuration is being initialized. Wait until the keystore is in the active state, and rerun the rekey operation.' },
+  key_store_disabling: { code: '65539437', status: 400, message: 'Rekey cannot be performed on the SVM while the enabled keystore configuration is being disabled.' },
+  key_store_busy: { code: '65600031', status: 409, message: 'Another rekey, keystore switch or key migration of these keys is running; wait for it to end.' },
+  migrate_nothing: { code: '65600032', status: 400, message: 'The SVM holds no keys in the source key manager: there is nothing to migrate.' },
+  migrate_pair: { code: '65600033', status: 400, message: "Keys migrate between the admin SVM's enabled key manager and a data SVM's own enabled key manager." },
   token_expired: { code: '12', status: 401, message: 'The token has expired or was revoked.' },
+
+  // Certificates (/api/security/certificates)
+  certificate_malformed: { code: '65600040', status: 400, message: 'The certificate is not a single well-formed PEM X.509 certificate.' },
+  certificate_key_invalid: { code: '65600041', status: 400, message: 'The private key is malformed or does not belong to the certificate.' },
+
+  // ONTAP job actions (PATCH /api/cluster/jobs/{uuid}?action=pause|resume|cancel) and the Element master key
+  job_terminal: { code: '458762', status: 400, message: 'Job is already in a terminal state.' },
+  job_is_running: { code: '458771', status: 400, message: 'The specified job is running.' },
+  job_not_running: { code: '458776', status: 400, message: 'The specified job is not currently running.' },
+  job_no_pause: { code: '458783', status: 400, message: 'This job does not support pause.' },
+  job_no_cancel: { code: '458784', status: 400, message: 'This job does not support cancel.' },
+  job_cancelled: { code: '65600050', status: 409, message: 'The job was cancelled; the work of its completed steps stays and every key remains readable.' },
+  master_rekey_running: { code: '65600051', status: 409, message: 'A rekey of the master key is already running.' },
+  key_provider_unknown: { code: '65600052', status: 404, message: 'No key provider with this ID exists.' },
+
+  // External KMIP key managers (ONTAP POST/PATCH /security/key-managers with `external`) and Element key providers
+  certificate_not_installed: { code: '65536821', status: 400, message: 'The certificate is not installed.' },
+  external_not_enabled: { code: '65536828', status: 400, message: 'External key management is not enabled for the SVM.' },
+  client_certificate_keys_differ: { code: '65536850', status: 400, message: 'New client certificate public or private keys are different from the existing client certificate.' },
+  kmip_versions: { code: '65536852', status: 400, message: 'Failed to query supported KMIP protocol versions.' },
+  kmip_server_ca: { code: '66060338', status: 400, message: 'Failed to establish secure connection for a key management server due to incorrect server_ca certificates.' },
+  kmip_client_certificate: { code: '66060339', status: 400, message: 'Failed to establish secure connection for a key management server due to incorrect client certificates.' },
+  kmip_tls: { code: '66060340', status: 400, message: 'Failed to establish secure connection for a key management server.' },
+  kmip_operation: { code: '65600060', status: 502, message: 'The KMIP key server refused an operation on the root key.' },
+  kmip_not_on_node: { code: '65600061', status: 503, message: "This node holds no copy of the external key manager's client key: configure the client certificate again from this node (PATCH external.client_certificate)." },
+  key_server_unknown: { code: '65600062', status: 404, message: 'No key server with this ID exists.' },
+  key_provider_in_use: { code: '65600063', status: 409, message: 'The key provider holds the master key or still has key servers.' },
+  key_server_in_use: { code: '65600064', status: 409, message: 'The key server is assigned to a key provider.' },
+  key_provider_no_servers: { code: '65600065', status: 400, message: 'The key provider has no key server assigned.' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorName = keyof typeof ERRORS;
+
+/**
+ * Element error name for each Keysmith error met through the Element JSON-RPC API. Names Element
+ * documents are used with its meaning; any other error is named `x` + its catalog name in
+ * PascalCase (e.g. `xSealed`), as listed in docs/errors.md.
+ */
+export const ELEMENT_NAMES: Partial<Record<ErrorName, string>> = {
+  not_found: 'xDBNoSuchPath',
+  permission_denied: 'xPermissionDenied',
+  not_authenticated: 'xUnauthorized',
+  token_expired: 'xUnauthorized',
+  too_many_failures: 'xUnauthorized',
+  invalid_field: 'xInvalidParameter',
+  invalid_value: 'xInvalidParameter',
+  unexpected_argument: 'xInvalidAPIParameter',
+  key_provider_unknown: 'xKeyProviderIDDoesNotExist',
+  key_server_unknown: 'xKeyServerIDDoesNotExist',
+  internal: 'xInternalError',
+};
+
+export function elementName(kind: ErrorName): string {
+  return ELEMENT_NAMES[kind] ?? `x${kind.replace(/(^|_)([a-z])/g, (_m, _u, c: string) => c.toUpperCase())}`;
+}
+
+/**
+ * KMIP Result Reason (by its KMIP name) for each Keysmith error that a KMIP operation can meet;
+ * errors not listed are answered General Failure. The KMIP server turns the name into its number.
+ */
+export const KMIP_REASONS: Partial<Record<ErrorName, string>> = {
+  not_found: 'ItemNotFound',
+  permission_denied: 'PermissionDenied',
+  invalid_field: 'InvalidField',
+  invalid_value: 'InvalidField',
+  not_supported: 'OperationNotSupported',
+  not_authenticated: 'AuthenticationNotSuccessful',
+  too_many_failures: 'AuthenticationNotSuccessful',
+  key_state: 'PermissionDenied',
+  key_transition: 'PermissionDenied',
+  key_manager_missing: 'GeneralFailure',
+  sealed: 'GeneralFailure',
+  not_synchronized: 'GeneralFailure',
+  internal: 'GeneralFailure',
+};
 
 export interface ErrorArgument {
   code: string;

@@ -14,6 +14,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { PASSPHRASE, STORES, noteSecret, startWithOkm, type TestServer } from './helpers.js';
+import { makePki, type Pki } from './kmip/pki.js';
 
 type Role5 = 'admin' | 'svmAdminA' | 'readonlyAll' | 'readonlyA' | 'appA';
 type Unauth = 'none' | 'garbage' | 'revoked' | 'expired';
@@ -48,6 +49,8 @@ interface Ctx {
   victimUser?: string;
   /** A finished rekey-internal job per tenant, made on first use by the job rows. */
   jobs?: Partial<Record<'A' | 'B' | 'cluster', string>>;
+  /** An installed certificate per tenant, made on first use by the certificate rows. */
+  certs?: Partial<Record<'A' | 'B', string>>;
 }
 
 interface Row {
@@ -63,6 +66,8 @@ interface Row {
   check?: (c: Ctx, who: Role5, body: any) => void | Promise<void>;
   /** Runs after a successful call (e.g. unseal after seal). */
   after?: (c: Ctx) => Promise<void>;
+  /** Element JSON-RPC: refusals are Element error bodies (403 → HTTP 200 xPermissionDenied; 401 → HTTP 401 xUnauthorized). */
+  element?: boolean;
 }
 
 /** Expected answers in the order admin, svm-admin of A, readonly (cluster-wide), readonly of A, application of A. */
@@ -97,6 +102,17 @@ async function jobOf(c: Ctx, t: 'A' | 'B' | 'cluster'): Promise<string> {
   c.jobs ??= {};
   c.jobs[t] ??= (await admin(c, 'POST', REKEY(c.km[t]))).body.records[0].uuid as string;
   return c.jobs[t]!;
+}
+
+/** The asyncHandle of the last master-key rekey an authorized caller started. */
+let lastMasterRekey: number | undefined;
+async function masterRekeyEnd(c: Ctx, handle: number): Promise<void> {
+  for (const end = Date.now() + 30_000; ; ) {
+    const r = await admin(c, 'POST', '/json-rpc/12.5', { method: 'GetAsyncResult', params: { asyncHandle: handle, keepResult: true }, id: 1 });
+    if (r.body.result?.status === 'complete') return;
+    if (Date.now() > end) throw new Error(`master-key rekey ${handle} did not end: ${JSON.stringify(r.body)}`);
+    await new Promise((res) => setTimeout(res, 20));
+  }
 }
 
 function table(): Row[] {
@@ -222,6 +238,18 @@ function table(): Row[] {
     // Deleting a key manager keys depend on: past authorization the answer is 409 key_manager_in_use.
     { method: 'DELETE', route: '/api/security/key-managers/{uuid}', what: "A's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.A}` }), expect: E(409, 409, 403, 403, 403) },
     { method: 'DELETE', route: '/api/security/key-managers/{uuid}', what: "B's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.B}` }), expect: E(409, 404, 403, 404, 404) },
+    // Key servers of an external key manager: the fixture's key managers are onboard, so past authorization the answer is 400 (65536828).
+    { method: 'GET', route: '/api/security/key-managers/{uuid}/key-servers', what: "A's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.A}/key-servers` }), expect: E(400, 400, 400, 400, 403) },
+    { method: 'GET', route: '/api/security/key-managers/{uuid}/key-servers', what: "B's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.B}/key-servers` }), expect: E(400, 404, 400, 404, 404) },
+    { method: 'GET', route: '/api/security/key-managers/{uuid}/key-servers/{server}', what: "A's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.A}/key-servers/ks1.example:5696` }), expect: E(400, 400, 400, 400, 403) },
+    { method: 'GET', route: '/api/security/key-managers/{uuid}/key-servers/{server}', what: "B's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.B}/key-servers/ks1.example:5696` }), expect: E(400, 404, 400, 404, 404) },
+    { method: 'POST', route: '/api/security/key-managers/{uuid}/key-servers', what: "A's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.A}/key-servers`, body: { server: 'ks1.example:5696' } }), expect: E(400, 400, 403, 403, 403) },
+    { method: 'POST', route: '/api/security/key-managers/{uuid}/key-servers', what: "B's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.B}/key-servers`, body: { server: 'ks1.example:5696' } }), expect: E(400, 404, 403, 404, 404) },
+    { method: 'POST', route: '/api/security/key-managers/{uuid}/key-servers', what: "the cluster's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.cluster}/key-servers`, body: { server: 'ks1.example:5696' } }), expect: E(400, 404, 403, 404, 404) },
+    { method: 'PATCH', route: '/api/security/key-managers/{uuid}/key-servers/{server}', what: "A's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.A}/key-servers/ks1.example:5696`, body: { timeout: 5 } }), expect: E(400, 400, 403, 403, 403) },
+    { method: 'PATCH', route: '/api/security/key-managers/{uuid}/key-servers/{server}', what: "B's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.B}/key-servers/ks1.example:5696`, body: { timeout: 5 } }), expect: E(400, 404, 403, 404, 404) },
+    { method: 'DELETE', route: '/api/security/key-managers/{uuid}/key-servers/{server}', what: "A's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.A}/key-servers/ks1.example:5696` }), expect: E(400, 400, 403, 403, 403) },
+    { method: 'DELETE', route: '/api/security/key-managers/{uuid}/key-servers/{server}', what: "B's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.B}/key-servers/ks1.example:5696` }), expect: E(400, 404, 403, 404, 404) },
     { method: 'DELETE', route: '/api/security/key-managers/{uuid}', what: "the cluster's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.cluster}` }), expect: E(409, 404, 403, 404, 404) },
     {
       method: 'DELETE',
@@ -260,6 +288,30 @@ function table(): Row[] {
     },
     { method: 'POST', route: '/api/security/key-managers/{uuid}/rekey-internal', what: "B's key manager", build: (c) => ({ path: REKEY(c.km.B) }), expect: E('ok', 404, 403, 404, 404) },
     { method: 'POST', route: '/api/security/key-managers/{uuid}/rekey-internal', what: "the cluster's key manager", build: (c) => ({ path: REKEY(c.km.cluster) }), expect: E('ok', 404, 403, 404, 404) },
+
+    // ---- key stores and key migration
+    {
+      method: 'GET',
+      route: '/api/security/key-stores',
+      what: 'list',
+      build: () => ({ path: '/api/security/key-stores?fields=svm,scope' }),
+      expect: E('ok', 'ok', 'ok', 'ok', 403),
+      check: (c, who, body) => {
+        if (who === 'svmAdminA' || who === 'readonlyA') expect(kmUuids(body)).toEqual([c.km.A]);
+        else expect(kmUuids(body)).toEqual(expect.arrayContaining([c.km.A, c.km.B, c.km.cluster].sort()));
+      },
+    },
+    { method: 'GET', route: '/api/security/key-stores/{uuid}', what: "A's configuration", build: (c) => ({ path: `/api/security/key-stores/${c.km.A}` }), expect: E('ok', 'ok', 'ok', 'ok', 403) },
+    { method: 'GET', route: '/api/security/key-stores/{uuid}', what: "B's configuration", build: (c) => ({ path: `/api/security/key-stores/${c.km.B}` }), expect: E('ok', 404, 'ok', 404, 404) },
+    { method: 'GET', route: '/api/security/key-stores/{uuid}', what: "the cluster's configuration", build: (c) => ({ path: `/api/security/key-stores/${c.km.cluster}` }), expect: E('ok', 404, 'ok', 404, 404) },
+    // Enabling the configuration that is already enabled and active: authorized callers get 200 and nothing changes.
+    { method: 'PATCH', route: '/api/security/key-stores/{uuid}', what: "A's configuration", build: (c) => ({ path: `/api/security/key-stores/${c.km.A}`, body: { enabled: true } }), expect: E('ok', 'ok', 403, 403, 403) },
+    { method: 'PATCH', route: '/api/security/key-stores/{uuid}', what: "B's configuration", build: (c) => ({ path: `/api/security/key-stores/${c.km.B}`, body: { enabled: true } }), expect: E('ok', 404, 403, 404, 404) },
+    { method: 'PATCH', route: '/api/security/key-stores/{uuid}', what: "the cluster's configuration", build: (c) => ({ path: `/api/security/key-stores/${c.km.cluster}`, body: { enabled: true } }), expect: E('ok', 404, 403, 404, 404) },
+    // From the cluster's key manager to A's: A's keys are already under its own, so authorized callers get 65600032.
+    { method: 'POST', route: '/api/security/key-managers/{uuid}/migrate', what: "cluster → A's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.cluster}/migrate?return_timeout=30`, body: { uuid: c.km.A } }), expect: E(400, 404, 403, 404, 404) },
+    // Between two data SVMs: authorized callers get 65600033.
+    { method: 'POST', route: '/api/security/key-managers/{uuid}/migrate', what: "A's → B's key manager", build: (c) => ({ path: `/api/security/key-managers/${c.km.A}/migrate`, body: { uuid: c.km.B } }), expect: E(400, 404, 403, 403, 403) },
     {
       method: 'GET',
       route: '/api/cluster/jobs',
@@ -291,6 +343,46 @@ function table(): Row[] {
     { method: 'GET', route: '/api/cluster/jobs/{uuid}', what: "B's job", build: async (c) => ({ path: `/api/cluster/jobs/${await jobOf(c, 'B')}` }), expect: E('ok', 404, 'ok', 404, 403) },
     { method: 'GET', route: '/api/cluster/jobs/{uuid}', what: "the cluster's job", build: async (c) => ({ path: `/api/cluster/jobs/${await jobOf(c, 'cluster')}` }), expect: E('ok', 404, 'ok', 404, 403) },
     { method: 'GET', route: '/api/cluster/jobs/{uuid}', what: 'an unknown job', build: () => ({ path: '/api/cluster/jobs/00000000-0000-4000-8000-000000000000' }), expect: E(404, 404, 404, 404, 403) },
+
+    {
+      method: 'PATCH',
+      route: '/api/cluster/jobs/{uuid}',
+      what: "cancel A's finished job",
+      build: async (c) => ({ path: `/api/cluster/jobs/${await jobOf(c, 'A')}?action=cancel` }),
+      // Authorized callers reach the state check: the job has ended (ONTAP 458762).
+      expect: E(400, 400, 403, 403, 403),
+    },
+    { method: 'PATCH', route: '/api/cluster/jobs/{uuid}', what: "pause B's job", build: async (c) => ({ path: `/api/cluster/jobs/${await jobOf(c, 'B')}?action=pause` }), expect: E(400, 404, 403, 404, 403) },
+    { method: 'PATCH', route: '/api/cluster/jobs/{uuid}', what: "resume the cluster's job", build: async (c) => ({ path: `/api/cluster/jobs/${await jobOf(c, 'cluster')}?action=resume` }), expect: E(400, 404, 403, 404, 403) },
+
+    // ---- Element JSON-RPC (reads need cluster-wide read; state changes need a cluster admin)
+    ...(['12.5', '12.7'] as const).flatMap((v): Row[] => [
+      { method: 'POST', route: `/json-rpc/${v}`, what: 'GetSoftwareEncryptionAtRestInfo', element: true, build: () => ({ path: `/json-rpc/${v}`, body: { method: 'GetSoftwareEncryptionAtRestInfo', id: 1 } }), expect: E('ok', 403, 'ok', 403, 403) },
+      { method: 'POST', route: `/json-rpc/${v}`, what: 'ListAsyncResults', element: true, build: () => ({ path: `/json-rpc/${v}`, body: { method: 'ListAsyncResults', params: {}, id: 2 } }), expect: E('ok', 403, 'ok', 403, 403) },
+      {
+        method: 'POST',
+        route: `/json-rpc/${v}`,
+        what: 'RekeySoftwareEncryptionAtRestMasterKey',
+        element: true,
+        build: () => ({ path: `/json-rpc/${v}`, body: { method: 'RekeySoftwareEncryptionAtRestMasterKey', params: {}, id: 3 } }),
+        expect: ADMIN_ONLY,
+        check: (_c, _who, body) => {
+          expect(Number.isInteger(body.result.asyncHandle)).toBe(true);
+          lastMasterRekey = body.result.asyncHandle;
+        },
+        // The rekey must end before the next call, whose refusal is checked to change nothing.
+        after: (c) => masterRekeyEnd(c, lastMasterRekey!),
+      },
+      {
+        method: 'POST',
+        route: `/json-rpc/${v}`,
+        what: 'GetAsyncResult of the master-key rekey',
+        element: true,
+        build: () => ({ path: `/json-rpc/${v}`, body: { method: 'GetAsyncResult', params: { asyncHandle: lastMasterRekey, keepResult: true }, id: 4 } }),
+        expect: E('ok', 403, 'ok', 403, 403),
+        check: (_c, _who, body) => expect(body.result.result.newKey.keyID).toBeTruthy(),
+      },
+    ]),
 
     // ---- data plane
     { method: 'POST', route: '/api/v1/svms/{svm}/keys', what: 'in A', build: (c) => ({ path: `/api/v1/svms/${c.A.name}/keys`, body: {} }), expect: E('ok', 'ok', 403, 403, 'ok') },
@@ -473,7 +565,51 @@ function table(): Row[] {
       },
     },
     { method: 'GET', route: '/api/v1/audit/verify', what: 'the chain', build: () => ({ path: '/api/v1/audit/verify' }), expect: E('ok', 403, 'ok', 403, 403) },
+
+    // ---- certificates
+    {
+      method: 'GET',
+      route: '/api/security/certificates',
+      what: 'list',
+      build: async (c) => {
+        await certOf(c, 'A');
+        await certOf(c, 'B');
+        return { path: '/api/security/certificates?fields=svm' };
+      },
+      expect: E('ok', 'ok', 'ok', 'ok', 403),
+      check: (c, who, body) => {
+        const svms = new Set(body.records.map((r: any) => r.svm?.uuid));
+        if (who === 'svmAdminA' || who === 'readonlyA') expect([...svms]).toEqual([c.A.uuid]);
+        else expect(svms.has(c.B.uuid)).toBe(true);
+      },
+    },
+    { method: 'GET', route: '/api/security/certificates/{uuid}', what: "A's certificate", build: async (c) => ({ path: `/api/security/certificates/${await certOf(c, 'A')}` }), expect: E('ok', 'ok', 'ok', 'ok', 403) },
+    { method: 'GET', route: '/api/security/certificates/{uuid}', what: "B's certificate", build: async (c) => ({ path: `/api/security/certificates/${await certOf(c, 'B')}` }), expect: E('ok', 404, 'ok', 404, 404) },
+    { method: 'POST', route: '/api/security/certificates', what: 'for SVM A', build: (c) => ({ path: '/api/security/certificates', body: { svm: { name: c.A.name }, type: 'client', public_certificate: freshCertPem() } }), expect: E('ok', 'ok', 403, 403, 403) },
+    { method: 'POST', route: '/api/security/certificates', what: 'for the cluster', build: () => ({ path: '/api/security/certificates', body: { type: 'client', public_certificate: freshCertPem() } }), expect: E('ok', 404, 403, 404, 404) },
+    {
+      method: 'DELETE',
+      route: '/api/security/certificates/{uuid}',
+      what: "a fresh certificate of A",
+      build: async (c) => ({ path: `/api/security/certificates/${(await admin(c, 'POST', '/api/security/certificates', { svm: { uuid: c.A.uuid }, type: 'client', public_certificate: freshCertPem() })).headers.get('location')!.split('/').pop()}` }),
+      expect: E('ok', 'ok', 403, 403, 403),
+    },
+    { method: 'DELETE', route: '/api/security/certificates/{uuid}', what: "B's certificate", build: async (c) => ({ path: `/api/security/certificates/${await certOf(c, 'B')}` }), expect: E('ok', 404, 403, 404, 404), after: async (c) => void (c.certs = undefined) },
   ];
+}
+
+let pki: Pki | undefined;
+/** A new client certificate each call (the same one twice is a duplicate). */
+function freshCertPem(): string {
+  pki ??= makePki('ks-authz-');
+  return pki.client(`authz-${randomBytes(4).toString('hex')}`).pem;
+}
+/** One installed certificate per tenant, made (as admin) on first use and again after a row deleted it. */
+async function certOf(c: Ctx, t: 'A' | 'B'): Promise<string> {
+  c.certs ??= {};
+  const found = c.certs[t] && (await c.s.call('GET', `/api/security/certificates/${c.certs[t]}`)).status === 200;
+  if (!found) c.certs[t] = (await admin(c, 'POST', '/api/security/certificates', { svm: { uuid: c[t].uuid }, type: 'client_ca', public_certificate: freshCertPem() })).headers.get('location')!.split('/').pop()!;
+  return c.certs[t]!;
 }
 
 /** Every row of every table the API writes, except the audit trail (refusals may be audited) and node heartbeats. */
@@ -615,6 +751,7 @@ for (const store of STORES) {
           if (want === 'ok') {
             expect(res.status, where).toBeGreaterThanOrEqual(200);
             expect(res.status, where).toBeLessThan(300);
+            if (row.element) expect(res.body.error, where).toBeUndefined();
             if (res.body && typeof res.body === 'object' && typeof res.body.plaintext === 'string') noteSecret(res.body.plaintext);
             for (const rec of res.body?.records ?? []) if (typeof rec?.plaintext === 'string') noteSecret(rec.plaintext);
             await row.check?.(c, who as Role5, res.body);
@@ -623,7 +760,13 @@ for (const store of STORES) {
           }
           const status = typeof want === 'number' ? want : want.status;
           const code = typeof want === 'number' ? REFUSAL_CODE[want] : want.code;
-          if (code !== undefined) expectRefusal(res, status, code, where);
+          if (row.element) {
+            // Element's shape: {"error":{"code","name","message"},"id"}; method errors come with HTTP 200.
+            expect(res.status, where).toBe(status === 401 ? 401 : 200);
+            expect(Object.keys(res.body ?? {}).sort(), where).toEqual(['error', 'id']);
+            expect(res.body.error.name, where).toBe(status === 401 ? 'xUnauthorized' : 'xPermissionDenied');
+            expect(res.body.error.code, where).toBe(status === 401 ? 401 : 500);
+          } else if (code !== undefined) expectRefusal(res, status, code, where);
           else {
             // A business refusal after authorization passed: still an ONTAP error body.
             expect(res.status, where).toBe(status);

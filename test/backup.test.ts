@@ -386,3 +386,26 @@ describe('backup after a passphrase change', () => {
     expect(p.status).toBe(200);
   });
 });
+
+describe.each(STORES)('backup during a master-key rekey on %s', (store) => {
+  it('is refused (65600051) while KEKs sit under two root versions, and given again once they do not', async () => {
+    const s = await startWithOkm({ store });
+    servers.push(s);
+    const created = await s.call('POST', '/api/v1/svms/cluster1/keys', {});
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const db = s.app.services.store.db;
+    const km = (await s.app.services.repos.keyManagers.findByUuid(s.kmUuid))!;
+    const kek = await db.selectFrom('keks').selectAll().where('key_manager_uuid', '=', s.kmUuid).executeTakeFirstOrThrow();
+    // The state a master-key rekey is in between its first and last step: the key manager is at one
+    // root version and a KEK still at another. Written directly, since the job would finish too fast.
+    await db.updateTable('keks').set({ root_version: km.root_version + 1 }).where('id', '=', kek.id).where('version', '=', kek.version).execute();
+    try {
+      const r = await s.call('GET', `${KM}/${s.kmUuid}?fields=onboard.key_backup`);
+      expectError(r, ERRORS.master_rekey_running);
+      expect(JSON.stringify(r.body)).not.toContain('BEGIN BACKUP');
+    } finally {
+      await db.updateTable('keks').set({ root_version: kek.root_version }).where('id', '=', kek.id).where('version', '=', kek.version).execute();
+    }
+    expect(await backupOf(s, s.kmUuid)).toMatch(/BEGIN BACKUP/);
+  });
+});

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
+import { connect as tlsConnect } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -348,7 +349,8 @@ describe('keysmith CLI', () => {
     const key = join(work, 'key.pem');
     execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' });
 
-    const child = spawn(process.execPath, [BIN, 'serve', '--data-dir', dir, '--port', '0', '--tls-cert', cert, '--tls-key', key], { env: baseEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    // The same certificate serves KMIP and stands in as the CA of KMIP clients: only the flags are under test here.
+    const child = spawn(process.execPath, [BIN, 'serve', '--data-dir', dir, '--port', '0', '--tls-cert', cert, '--tls-key', key, '--kmip-port', '0', '--kmip-tls-cert', cert, '--kmip-tls-key', key, '--kmip-client-ca', cert], { env: baseEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
     children.push(child);
     // The server's log joins the run's logs, for the final secrets check.
     child.stdout.pipe(createWriteStream(join(RUN_DIR, 'logs', `cli-serve-${Date.now()}.log`)));
@@ -367,6 +369,18 @@ describe('keysmith CLI', () => {
       void exited.then(({ code }) => rej(new Error(`serve exited (${code}) early; stderr: ${stderr}`)));
     });
     expect(stderr).not.toContain('bootstrap admin token'); // init showed it already
+    const kmipPort = Number(/KMIP \(TTLV over mutual TLS\) on 127\.0\.0\.1:(\d+)/.exec(stderr)?.[1]);
+    expect(kmipPort, stderr).toBeGreaterThan(0);
+    // The KMIP listener speaks TLS with the given certificate (a client without a certificate is then refused by it).
+    const kmipPeer = await new Promise<string | undefined>((res, rej) => {
+      const sock = tlsConnect({ host: '127.0.0.1', port: kmipPort, ca: readFileSync(cert), servername: 'localhost' }, () => {
+        const cn = sock.getPeerCertificate().subject?.CN;
+        sock.destroy();
+        res(cn);
+      });
+      sock.on('error', rej);
+    });
+    expect(kmipPeer).toBe('localhost');
 
     const ca = readFileSync(cert);
     const health = await new Promise<any>((res, rej) => {

@@ -37,14 +37,14 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startServer(opts: { store?: 'sqlite' | 'postgres'; dataDir?: string; storeUrl?: string; pgSchema?: string; sealed?: boolean; token?: string; rekeyBatch?: number; jobLeaseMs?: number } = {}): Promise<TestServer> {
+export async function startServer(opts: { store?: 'sqlite' | 'postgres'; dataDir?: string; storeUrl?: string; pgSchema?: string; sealed?: boolean; token?: string; rekeyBatch?: number; jobLeaseMs?: number; kmip?: { cert: string; key: string; ca: string } } = {}): Promise<TestServer> {
   const store = opts.store ?? 'sqlite';
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'keysmith-'));
   const pgSchema = store === 'postgres' ? (opts.pgSchema ?? `ks_${randomBytes(6).toString('hex')}`) : undefined;
   const storeUrl = opts.storeUrl ?? (store === 'postgres' ? PG_URL : `sqlite:${join(dataDir, 'keysmith.db')}`);
   const token = opts.token ?? `test-admin-${randomBytes(12).toString('hex')}`;
   noteSecret(token);
-  const config = parseConfig({ host: '127.0.0.1', port: 0, dataDir, store: storeUrl, pgSchema, sealed: opts.sealed ?? false, bootstrapToken: token, kdfCost: 14, logLevel: 'info', rekeyBatch: opts.rekeyBatch, jobLeaseMs: opts.jobLeaseMs });
+  const config = parseConfig({ host: '127.0.0.1', port: 0, dataDir, store: storeUrl, pgSchema, sealed: opts.sealed ?? false, bootstrapToken: token, kdfCost: 14, logLevel: 'info', rekeyBatch: opts.rekeyBatch, jobLeaseMs: opts.jobLeaseMs, ...(opts.kmip ? { kmipPort: 0, kmipTlsCert: opts.kmip.cert, kmipTlsKey: opts.kmip.key, kmipClientCa: opts.kmip.ca } : {}) });
   const logStream = createWriteStream(join(RUN_DIR, 'logs', `${Date.now()}-${randomBytes(4).toString('hex')}.log`));
   const app = await createApp(config, { logStream });
   const url = await app.listen();

@@ -7,16 +7,21 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, ty
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { KeysmithError } from '../errors.js';
+import { lazyChildLogger } from './lazy-logger.js';
 import { newId } from '../ids.js';
 import type { Services } from '../app.js';
 import type { Principal } from '../auth/auth-service.js';
 import { sysRoutes } from './routes/sys.js';
 import { svmRoutes } from './routes/svms.js';
 import { keyManagerRoutes } from './routes/key-managers.js';
+import { keyServerRoutes } from './routes/key-servers.js';
 import { keyRoutes } from './routes/keys.js';
 import { principalRoutes } from './routes/principals.js';
 import { auditRoutes } from './routes/audit.js';
 import { jobRoutes } from './routes/jobs.js';
+import { keyStoreRoutes } from './routes/key-stores.js';
+import { certificateRoutes } from './routes/certificates.js';
+import { elementRoutes } from './routes/element.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -57,6 +62,7 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: s.log,
     genReqId: () => newId('req'),
+    childLoggerFactory: lazyChildLogger,
     bodyLimit: 64 * 1024 * 1024,
     ...(https ? { https } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
@@ -136,9 +142,13 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
   await app.register(sysRoutes(s));
   await app.register(svmRoutes(s));
   await app.register(keyManagerRoutes(s));
+  await app.register(keyServerRoutes(s));
   await app.register(keyRoutes(s));
   await app.register(principalRoutes(s));
   await app.register(auditRoutes(s));
   await app.register(jobRoutes(s));
+  await app.register(keyStoreRoutes(s));
+  await app.register(certificateRoutes(s));
+  await app.register(elementRoutes(s));
   return app;
 }

@@ -32,6 +32,10 @@ export function buildProgram(): Command {
     .option('--config <file>', 'JSON config file')
     .option('--log-level <level>', 'pino log level (default info)')
     .option('--node-name <name>', 'name of this node')
+    .option('--kmip-port <port>', 'KMIP listener port (default 5696; needs the three KMIP TLS files)')
+    .option('--kmip-tls-cert <file>', 'PEM certificate of the KMIP listener')
+    .option('--kmip-tls-key <file>', 'PEM private key of the KMIP listener')
+    .option('--kmip-client-ca <file>', 'PEM CA certificate(s) that KMIP client certificates must chain to')
     // Loaded on demand: the client commands should not pay for the server's modules.
     .action(async (opts) => (await import('./serve.js')).serve(opts));
   registerInit(program);

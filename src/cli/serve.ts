@@ -13,6 +13,10 @@ export interface ServeFlags {
   config?: string;
   logLevel?: string;
   nodeName?: string;
+  kmipPort?: string;
+  kmipTlsCert?: string;
+  kmipTlsKey?: string;
+  kmipClientCa?: string;
 }
 
 export async function serve(flags: ServeFlags, env: NodeJS.ProcessEnv = process.env): Promise<void> {
@@ -27,6 +31,10 @@ export async function serve(flags: ServeFlags, env: NodeJS.ProcessEnv = process.
     sealed: flags.sealed,
     logLevel: flags.logLevel,
     nodeName: flags.nodeName,
+    kmipPort: flags.kmipPort,
+    kmipTlsCert: flags.kmipTlsCert,
+    kmipTlsKey: flags.kmipTlsKey,
+    kmipClientCa: flags.kmipClientCa,
   };
   const config = parseConfig(file ? readConfigFile(file) : {}, envConfig(env), fromFlags);
   const app = await createApp(config);
@@ -34,6 +42,7 @@ export async function serve(flags: ServeFlags, env: NodeJS.ProcessEnv = process.
   const out = process.stderr;
   out.write(`keysmith: listening on ${address} (store: ${config.store.startsWith('sqlite:') ? config.store : 'postgres'}, data dir: ${config.dataDir})\n`);
   out.write(`keysmith: API reference at ${address}/docs, OpenAPI document at ${address}/api/openapi.json\n`);
+  if (app.kmip) out.write(`keysmith: KMIP (TTLV over mutual TLS) on ${config.host}:${app.kmip.port}\n`);
   if (app.bootstrapSecret) {
     out.write(`keysmith: first start: bootstrap admin token (shown once, keep it safe):\n${app.bootstrapSecret}\n`);
   }

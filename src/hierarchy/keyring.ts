@@ -104,6 +104,15 @@ export function createKeyring(deps: {
           roots.set(rootSlot(km.uuid, km.root_version), root);
           loaded += 1;
         } else unsynchronized.push(km.uuid);
+        // Older root versions still sealed here: a master-key rekey interrupted by a crash has KEKs
+        // under both versions until it resumes (it removes the old seals once none is left).
+        for (let v = km.root_version - 1; v >= 1; v--) {
+          const old = { ...km, root_version: v };
+          const os = await deps.keyManagers.findSeal(km.uuid, v, node.id);
+          if (!os) break;
+          const r = open(node.sealKey, nodeSealContext(old, node.id), os.blob);
+          if (r) roots.set(rootSlot(km.uuid, v), r);
+        }
       }
       return { loaded, unsynchronized };
     },
@@ -134,6 +143,17 @@ export function createKeyring(deps: {
     forgetKeyManager(kmUuid: string): void {
       for (const slot of [...roots.keys()]) if (slot.startsWith(`${kmUuid}:`)) roots.delete(slot);
       keks.clear();
+    },
+
+    /** Drops root versions older than `below` (decommissioned by a master-key rekey). */
+    forgetRootsBelow(kmUuid: string, below: number): void {
+      for (const [slot, k] of [...roots.entries()]) {
+        const [u, v] = slot.split(':');
+        if (u === kmUuid && Number(v) < below) {
+          k.fill(0);
+          roots.delete(slot);
+        }
+      }
     },
 
     forgetTenant(svmUuid: string): void {

@@ -29,6 +29,19 @@ export interface StepResult {
 export interface JobHandler {
   description(params: Record<string, unknown>): string;
   step(job: JobRow, cursor: unknown, tx: Tx): Promise<StepResult>;
+  /**
+   * Optional work for the next step done before its transaction opens (CPU-bound preparation, such
+   * as re-wrapping keys in worker threads), so the transaction holds the store only while it
+   * writes. It must change nothing durable: only step() commits. Its errors count as the step's.
+   */
+  prepare?(job: JobRow, cursor: unknown): Promise<void>;
+  /**
+   * ONTAP's PATCH /cluster/jobs/{uuid}?action=pause|cancel. Every job resumes from its cursor, so
+   * both are allowed unless a handler says otherwise. A paused job keeps its cursor and holds no
+   * lease; a cancelled one ends as a failure where its last committed step left it.
+   */
+  pausable?: boolean;
+  cancellable?: boolean;
 }
 
 const MAX_ERRORS = 5;
@@ -82,6 +95,7 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
         return;
       }
       try {
+        if (handler.prepare) await handler.prepare(job, job.cursor ? JSON.parse(job.cursor) : null);
         const done = await db.transaction().execute(async (tx) => {
           const r = await handler.step(job, job.cursor ? JSON.parse(job.cursor) : null, tx);
           const t = new Date().toISOString();
@@ -186,6 +200,23 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
         tx,
       );
       return row;
+    },
+
+    /** Whether jobs of this type accept an ONTAP job action. */
+    supports(type: string, action: 'pause' | 'cancel'): boolean {
+      const h = deps.handlers[type];
+      if (!h) return false;
+      return action === 'pause' ? h.pausable !== false : h.cancellable !== false;
+    },
+
+    /** Pause, resume or cancel (ONTAP job actions); false when the job is not in a state that allows it. */
+    async control(uuid: string, action: 'pause' | 'resume' | 'cancel', cancelled?: { code: number; message: string }): Promise<boolean> {
+      const t = new Date().toISOString();
+      if (action === 'pause') return repo.pause(uuid, t);
+      if (action === 'cancel') return repo.cancel(uuid, cancelled!.code, cancelled!.message, t);
+      const ok = await repo.resume(uuid, t);
+      if (ok) this.kick();
+      return ok;
     },
 
     /** Wakes the runner now (after a submit) instead of at its next poll. */

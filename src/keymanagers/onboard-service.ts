@@ -17,7 +17,7 @@ import { KeysmithError, fail } from '../errors.js';
 import { newId, uuid } from '../ids.js';
 import type { AuditService } from '../audit/audit-service.js';
 import { backupKeyContext, kekContext, rootContext, type Keyring } from '../hierarchy/keyring.js';
-import type { Db, Tx } from '../store/schema.js';
+import type { Conn, Db, Tx } from '../store/schema.js';
 import type { KeyManagerRepo, KeyManagerRow } from '../store/key-manager-repo.js';
 import type { KekRepo } from '../store/kek-repo.js';
 import type { DekRepo } from '../store/dek-repo.js';
@@ -74,13 +74,13 @@ export function createOnboardService(deps: {
     return row;
   }
 
-  async function kmSvms(km: KeyManagerRow): Promise<SvmRow[]> {
+  async function kmSvms(km: KeyManagerRow, tx: Conn = db): Promise<SvmRow[]> {
     // The tenants whose KEKs this key manager wraps, plus its own tenant.
     const uuids = new Set<string>([km.svm_uuid]);
-    for (const k of await deps.keks.listAll()) if (k.key_manager_uuid === km.uuid) uuids.add(k.svm_uuid);
+    for (const k of await deps.keks.listAll(tx)) if (k.key_manager_uuid === km.uuid) uuids.add(k.svm_uuid);
     const out: SvmRow[] = [];
     for (const u of uuids) {
-      const s = await deps.svms.findByUuid(u);
+      const s = await deps.svms.findByUuid(u, tx);
       if (s) out.push(s);
     }
     return out;
@@ -89,24 +89,29 @@ export function createOnboardService(deps: {
   return {
     openRootWithPassphrase,
 
-    async create(svm: SvmRow, passphrase: unknown, who: Actor): Promise<KeyManagerRow> {
+    /**
+     * `inactive` (ONTAP's create_inactive): a configuration that is not enabled, beside the SVM's
+     * enabled one; PATCH /api/security/key-stores/{uuid} switches the SVM to it later.
+     */
+    async create(svm: SvmRow, passphrase: unknown, who: Actor, opts: { inactive?: boolean } = {}): Promise<KeyManagerRow> {
+      const inactive = opts.inactive === true;
       if (passphrase === undefined) fail('invalid_field', 'onboard.passphrase is required to configure the Onboard Key Manager.', 'onboard.passphrase');
       if (!validPassphrase(passphrase)) fail('passphrase_length', undefined, 'onboard.passphrase');
       if (keyring.isSealed()) fail('sealed');
-      if (await deps.keyManagers.findEnabledForSvm(svm.uuid)) fail('key_manager_exists', undefined, 'svm');
+      if (!inactive && (await deps.keyManagers.findEnabledForSvm(svm.uuid))) fail('key_manager_exists', undefined, 'svm');
       const root = randomBytes(32);
       const t = now();
       const base = { uuid: uuid(), svm_uuid: svm.uuid, root_id: newId('km'), root_version: 1 };
       const ps = await passphraseSeal(base, root, passphrase);
-      const km: KeyManagerRow = { ...base, type: 'okm', enabled: 1, state: 'active', kdf: ps.kdf, passphrase_seal: ps.seal, backup_seal: ps.backupSeal, created_at: t, updated_at: t };
+      const km: KeyManagerRow = { ...base, type: 'okm', enabled: inactive ? 0 : 1, state: inactive ? 'disabled' : 'active', kdf: ps.kdf, passphrase_seal: ps.seal, backup_seal: ps.backupSeal, created_at: t, updated_at: t };
       keyring.putRoot(km, root);
       try {
         await db.transaction().execute(async (tx) => {
-          if (await deps.keyManagers.findEnabledForSvm(svm.uuid, tx)) fail('key_manager_exists', undefined, 'svm');
+          if (!inactive && (await deps.keyManagers.findEnabledForSvm(svm.uuid, tx))) fail('key_manager_exists', undefined, 'svm');
           await deps.keyManagers.insert(km, tx);
           await deps.keyManagers.upsertSeal({ key_manager_uuid: km.uuid, root_version: 1, node_id: keyring.node.id, blob: keyring.sealForNode(km, root), created_at: t }, tx);
-          if (!(await deps.keks.findActive(svm.uuid, tx))) await createKek(tx, svm.uuid, km, 1);
-          await audit.recordIn(tx, { ...who, action: 'key_manager.create', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: svm.uuid, detail: { type: 'onboard' } });
+          if (!inactive && !(await deps.keks.findActive(svm.uuid, tx))) await createKek(tx, svm.uuid, km, 1);
+          await audit.recordIn(tx, { ...who, action: 'key_manager.create', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: svm.uuid, detail: inactive ? { type: 'onboard', inactive: true } : { type: 'onboard' } });
         });
       } catch (e) {
         keyring.forgetKeyManager(km.uuid);
@@ -146,7 +151,7 @@ export function createOnboardService(deps: {
       if (passphrase === existing) fail('passphrase_same', undefined, 'onboard.passphrase');
       const ps = await passphraseSeal(km, root, passphrase);
       await db.transaction().execute(async (tx) => {
-        await deps.keyManagers.updatePassphraseSeal(km.uuid, ps.kdf, ps.seal, ps.backupSeal, now(), tx);
+        if (!(await deps.keyManagers.updatePassphraseSeal(km.uuid, km.root_version, ps.kdf, ps.seal, ps.backupSeal, now(), tx))) fail('key_manager_changed', undefined, 'onboard.passphrase');
         // The passphrase proved the root: this node keeps its own copy too, as after a synchronize.
         if (!keyring.isSealed()) await deps.keyManagers.upsertSeal({ key_manager_uuid: km.uuid, root_version: km.root_version, node_id: keyring.node.id, blob: keyring.sealForNode(km, root), created_at: now() }, tx);
         await audit.recordIn(tx, { ...who, action: 'key_manager.update_passphrase', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: km.svm_uuid });
@@ -173,7 +178,20 @@ export function createOnboardService(deps: {
       const root = keyring.root(km);
       const pk = open(root, backupKeyContext(km), km.backup_seal);
       if (!pk) throw new Error(`backup key of key manager ${km.uuid} does not open under its root`);
-      const payload = await buildPayload(km, root);
+      // One snapshot (REPEATABLE READ on PostgreSQL; SQLite's read transaction is one already), so a
+      // rekey moving keys meanwhile cannot leave a DEK whose KEK version the backup lacks.
+      const payload = await db
+        .transaction()
+        .setIsolationLevel('repeatable read')
+        .execute(async (tx) => {
+          const current = await deps.keyManagers.findByUuid(km.uuid, tx);
+          if (!current || current.root_version !== km.root_version) fail('key_manager_changed');
+          const p = await buildPayload(km, root, tx);
+          // A master-key rekey still moving KEKs to the new root: a backup now would hold KEKs
+          // under two roots, and restore would (rightly) refuse it. It is available once the job ends.
+          if (p.keks.some((k) => k.root_version !== km.root_version)) fail('master_rekey_running', 'A master-key rekey is moving this key manager’s keys: take the backup once it has finished.');
+          return p;
+        });
       const text = sealBackup(payload, pk, JSON.parse(km.kdf) as KdfParams);
       await audit.record({ ...who, action: 'key_manager.backup', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: km.svm_uuid, detail: { keks: payload.keks.length, deks: payload.deks.length } });
       return text;
@@ -260,11 +278,11 @@ export function createOnboardService(deps: {
     },
   };
 
-  async function buildPayload(km: KeyManagerRow, root: Buffer): Promise<BackupPayload> {
-    const svms = await kmSvms(km);
+  async function buildPayload(km: KeyManagerRow, root: Buffer, tx: Conn): Promise<BackupPayload> {
+    const svms = await kmSvms(km, tx);
     const svmSet = new Set(svms.map((s) => s.uuid));
-    const keks = (await deps.keks.listAll()).filter((k) => k.key_manager_uuid === km.uuid);
-    const deks = (await deps.deks.listAll()).filter((d) => svmSet.has(d.svm_uuid) && keks.some((k) => k.svm_uuid === d.svm_uuid));
+    const keks = (await deps.keks.listAll(tx)).filter((k) => k.key_manager_uuid === km.uuid);
+    const deks = (await deps.deks.listAll(tx)).filter((d) => svmSet.has(d.svm_uuid) && keks.some((k) => k.svm_uuid === d.svm_uuid));
     return {
       format: 'keysmith-okm-backup',
       created: now(),

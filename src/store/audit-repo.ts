@@ -1,5 +1,5 @@
 /** SQL for the append-only audit log and its chain head. */
-import { sql } from 'kysely';
+import { sql, type CompiledQuery } from 'kysely';
 import type { AuditEventTable, Conn } from './schema.js';
 
 export type AuditRow = AuditEventTable;
@@ -16,15 +16,47 @@ export interface AuditFilter {
   limit: number;
 }
 
+/** A precompiled query with fresh parameters (a literal: `{ ...q, parameters }` is slow on Node 20). */
+const withParameters = (q: CompiledQuery, parameters: readonly unknown[]): CompiledQuery => ({ sql: q.sql, query: q.query, queryId: q.queryId, parameters });
+
+const AUDIT_COLUMNS = ['seq', 'id', 'time', 'request_id', 'actor', 'action', 'object_type', 'object_id', 'svm_uuid', 'outcome', 'detail', 'prev_hash', 'hash'] as const;
+
 export function createAuditRepo(db: Conn, dialect: 'sqlite' | 'postgres') {
+  // SQLite: INSERTs of 1..CHUNK rows compiled once each (columns in AUDIT_COLUMNS order) and run
+  // with fresh parameters; compiling a multi-row INSERT for every group commit costs more than running it.
+  const CHUNK = 32;
+  const template = Object.fromEntries(AUDIT_COLUMNS.map((c) => [c, c === 'seq' ? 0 : ''])) as unknown as AuditRow;
+  const inserts: CompiledQuery[] = [];
+  const insertOf = (n: number) => (inserts[n] ??= db.insertInto('audit_events').values(new Array<AuditRow>(n).fill(template)).compile());
+  const headSelect = db.selectFrom('audit_head').select(['seq', 'hash']).where('id', '=', 1).compile();
+  const headUpdate = db.updateTable('audit_head').set({ seq: 0, hash: '' }).where('id', '=', 1).compile();
   return {
+    /** Appends rows: on SQLite in precompiled chunks; on PostgreSQL multi-row INSERTs, one round trip per 500. */
+    insertRows: async (rows: AuditRow[], tx: Conn) => {
+      if (dialect === 'postgres') {
+        for (let i = 0; i < rows.length; i += 500) await tx.insertInto('audit_events').values(rows.slice(i, i + 500)).execute();
+        return;
+      }
+      for (let i = 0; i < rows.length; i += CHUNK) {
+        const n = Math.min(CHUNK, rows.length - i);
+        const parameters: unknown[] = new Array(n * AUDIT_COLUMNS.length);
+        let k = 0;
+        for (let j = i; j < i + n; j++) for (const c of AUDIT_COLUMNS) parameters[k++] = rows[j][c];
+        await tx.executeQuery(withParameters(insertOf(n), parameters));
+      }
+    },
     /** Reads the head; on PostgreSQL the row stays locked until the transaction ends, serializing appenders across nodes. */
     lockHead: async (tx: Conn) => {
-      const q = tx.selectFrom('audit_head').select(['seq', 'hash']).where('id', '=', 1);
-      const row = await (dialect === 'postgres' ? q.forUpdate() : q).executeTakeFirstOrThrow();
+      const row =
+        dialect === 'postgres'
+          ? await tx.selectFrom('audit_head').select(['seq', 'hash']).where('id', '=', 1).forUpdate().executeTakeFirstOrThrow()
+          : (await tx.executeQuery<{ seq: number; hash: string }>(headSelect)).rows[0];
+      if (!row) throw new Error('the audit head row is missing');
       return { seq: Number(row.seq), hash: row.hash };
     },
-    setHead: (seq: number, hash: string, tx: Conn) => tx.updateTable('audit_head').set({ seq, hash }).where('id', '=', 1).execute(),
+    setHead: async (seq: number, hash: string, tx: Conn) => {
+      await tx.executeQuery(withParameters(headUpdate, [seq, hash, 1]));
+    },
     insertMany: (rows: AuditRow[], tx: Conn) => tx.insertInto('audit_events').values(rows).execute(),
     query: (f: AuditFilter, tx: Conn = db) => {
       let q = tx.selectFrom('audit_events').selectAll();

@@ -6,6 +6,7 @@ import SQLite from 'better-sqlite3';
 import pg from 'pg';
 import type { DB, Db } from './schema.js';
 import { migrationProvider } from './migrations/index.js';
+import { startCheckpointer, type Checkpointer } from './sqlite-checkpointer.js';
 
 export interface StoreOptions {
   /** `sqlite:/path/file.db` or a path, or `postgres://…` / `postgresql://…`. */
@@ -31,6 +32,7 @@ export function isPostgresUrl(url: string): boolean {
 export async function openStore(opts: StoreOptions): Promise<Store> {
   let db: Db;
   let dialect: 'sqlite' | 'postgres';
+  let checkpointer: Checkpointer | undefined;
   if (isPostgresUrl(opts.url)) {
     dialect = 'postgres';
     const schema = opts.pgSchema;
@@ -60,6 +62,8 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
     sqlite.pragma('synchronous = FULL');
     sqlite.pragma('foreign_keys = ON');
     sqlite.pragma('busy_timeout = 5000');
+    // Checkpoints on a worker thread instead of inside the commits of the event loop (see sqlite-checkpointer.ts).
+    if (file !== ':memory:') checkpointer = startCheckpointer(sqlite, file);
     // Kysely prepares every query afresh; preparing costs more than running a small query, so
     // keep the statements (queries are built from a fixed set of shapes, the cap is a safety net).
     const statements = new Map<string, SQLite.Statement>();
@@ -83,10 +87,23 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
     provider: migrationProvider(dialect),
     ...(dialect === 'postgres' ? { migrationTableSchema: opts.pgSchema ?? 'public' } : {}),
   });
-  const { error } = await migrator.migrateToLatest();
+  let { error } = await migrator.migrateToLatest();
+  // Kysely's PostgreSQL introspector lists tables across every schema; a schema another client drops
+  // during that listing fails it with invalid_schema_name (3F000) although ours is fine: try again.
+  for (let attempt = 0; attempt < 3 && dialect === 'postgres' && (error as { code?: string } | undefined)?.code === '3F000'; attempt++) {
+    ({ error } = await migrator.migrateToLatest());
+  }
   if (error) {
+    await checkpointer?.stop();
     await db.destroy();
     throw error instanceof Error ? error : new Error(String(error));
   }
-  return { db, dialect, close: () => db.destroy() };
+  return {
+    db,
+    dialect,
+    close: async () => {
+      await checkpointer?.stop();
+      await db.destroy();
+    },
+  };
 }

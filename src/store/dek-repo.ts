@@ -1,19 +1,38 @@
 /** SQL for data encryption keys. */
-import { sql } from 'kysely';
+import { CompiledQuery } from 'kysely';
 import type { Conn, DekTable } from './schema.js';
 
 export type DekRow = DekTable;
+
+/** Keys per re-wrap statement: 3 parameters each stays far below SQLite's 32,766-parameter limit. */
+const REWRAP_CHUNK = 2000;
+const PG_REWRAP = `UPDATE deks AS d SET wrapped = v.wrapped, kek_version = $1::integer
+  FROM unnest($2::text[], $3::integer[], $4::bytea[]) AS v(id, from_version, wrapped)
+  WHERE d.id = v.id AND d.kek_version = v.from_version AND d.wrapped IS NOT NULL AND d.id BETWEEN $5::text AND $6::text`;
+const sqliteRewraps = new Map<number, string>();
+function sqliteRewrap(n: number): string {
+  let text = sqliteRewraps.get(n);
+  if (!text) {
+    text = `UPDATE deks SET wrapped = v.column3, kek_version = ? FROM (VALUES ${Array.from({ length: n }, () => '(?, ?, ?)').join(', ')}) AS v
+      WHERE deks.id = v.column1 AND deks.kek_version = v.column2 AND deks.wrapped IS NOT NULL`;
+    if (sqliteRewraps.size > 64) sqliteRewraps.clear(); // sizes other than full chunks are one-offs
+    sqliteRewraps.set(n, text);
+  }
+  return text;
+}
 
 export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite') {
   // The unwrap hot path: compiled once, run with fresh parameters (id, then svm).
   const stateById = db.selectFrom('deks').select(['id', 'state']).where('id', '=', '').where('svm_uuid', '=', '').compile();
   return {
+    /** Which store this is: PostgreSQL may be shared by several nodes, SQLite has one. */
+    dialect,
     insert: (row: DekRow, tx: Conn = db) => tx.insertInto('deks').values(row).execute(),
     find: (svmUuid: string, id: string, tx: Conn = db) =>
       tx.selectFrom('deks').selectAll().where('id', '=', id).where('svm_uuid', '=', svmUuid).executeTakeFirst(),
     /** Id and state only: what unwrap needs to decide (the material comes with the request). */
     findState: async (svmUuid: string, id: string, tx: Conn = db): Promise<Pick<DekRow, 'id' | 'state'> | undefined> =>
-      (await tx.executeQuery<Pick<DekRow, 'id' | 'state'>>({ ...stateById, parameters: [id, svmUuid] })).rows[0],
+      (await tx.executeQuery<Pick<DekRow, 'id' | 'state'>>({ sql: stateById.sql, query: stateById.query, queryId: stateById.queryId, parameters: [id, svmUuid] })).rows[0],
     /** Id and state of many keys at once (batch unwrap). */
     findStates: (svmUuid: string, ids: string[], tx: Conn = db) =>
       ids.length === 0
@@ -42,6 +61,16 @@ export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite
         .orderBy('id')
         .limit(limit)
         .execute(),
+    /**
+     * Before a rekey walks a tenant's keys: on PostgreSQL, fresh planner statistics. Without them (a
+     * table just bulk-loaded, before autovacuum's analyze) the planner reads each batch with a
+     * bitmap scan of every row after the cursor and a sort, so a rekey costs O(n²); with them each
+     * batch walks the primary key from the cursor. ANALYZE samples a bounded number of rows and
+     * takes no lock that blocks reads or writes. SQLite plans this read on the index without it.
+     */
+    analyzeForRekey: async (tx: Conn = db) => {
+      if (dialect === 'postgres') await tx.executeQuery(CompiledQuery.raw('ANALYZE deks', []));
+    },
     countStillUnder: async (svmUuid: string, below: number, tx: Conn = db) =>
       Number(
         (
@@ -55,21 +84,29 @@ export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite
         ).n,
       ),
     /**
-     * Replaces many keys' wrapped forms, each only if it is still the one that was read. On
-     * PostgreSQL one UPDATE … FROM (VALUES …) per batch (a round trip per key would dominate); on
-     * SQLite one cached statement per key, which is cheaper than building a large one.
+     * Replaces many keys' wrapped forms, each only if it still holds material under the version it
+     * was read with (a key destroyed or re-wrapped meanwhile is left alone). `items` come in the
+     * order stillUnder returned them, so the first and last ids bound the batch in the store's own
+     * collation order. One statement per REWRAP_CHUNK keys, its text built once per size:
+     * - PostgreSQL: UPDATE … FROM unnest(ids, versions, blobs), confined to the batch's id range so
+     *   the planner joins against that range of the primary key instead of scanning the table;
+     *   three array parameters keep the statement small whatever the batch size.
+     * - SQLite: UPDATE … FROM (VALUES …), each key found through the primary key; one statement
+     *   instead of one per key saves the per-query cost, which is larger than the update itself.
      */
     rewrapMany: async (items: { id: string; fromVersion: number; wrapped: Buffer }[], toVersion: number, tx: Conn) => {
       if (items.length === 0) return;
-      if (dialect !== 'postgres') {
-        for (const it of items)
-          await tx.updateTable('deks').set({ wrapped: it.wrapped, kek_version: toVersion }).where('id', '=', it.id).where('kek_version', '=', it.fromVersion).where('wrapped', 'is not', null).execute();
-        return;
+      for (let at = 0; at < items.length; at += REWRAP_CHUNK) {
+        const part = items.slice(at, at + REWRAP_CHUNK);
+        if (dialect === 'postgres') {
+          const query = CompiledQuery.raw(PG_REWRAP, [toVersion, part.map((it) => it.id), part.map((it) => it.fromVersion), part.map((it) => it.wrapped), part[0].id, part[part.length - 1].id]);
+          await tx.executeQuery(query);
+        } else {
+          const params: unknown[] = [toVersion];
+          for (const it of part) params.push(it.id, it.fromVersion, it.wrapped);
+          await tx.executeQuery(CompiledQuery.raw(sqliteRewrap(part.length), params));
+        }
       }
-      const rows = sql.join(items.map((it) => sql`(${it.id}::text, ${it.fromVersion}::integer, ${it.wrapped}::bytea)`));
-      await sql`UPDATE deks AS d SET wrapped = v.wrapped, kek_version = ${toVersion}::integer
-        FROM (VALUES ${rows}) AS v(id, from_version, wrapped)
-        WHERE d.id = v.id AND d.kek_version = v.from_version AND d.wrapped IS NOT NULL`.execute(tx);
     },
   };
 }

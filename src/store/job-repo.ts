@@ -45,6 +45,33 @@ export function createJobRepo(db: Conn) {
       const r = await tx.updateTable('jobs').set(patch).where('uuid', '=', uuid).where('lease_owner', '=', owner).executeTakeFirst();
       return Number(r.numUpdatedRows) === 1;
     },
+    /** Pauses a queued or running job: its lease is dropped, its cursor kept (a step in flight loses its lease and rolls back). */
+    async pause(uuid: string, now: string, tx: Conn = db): Promise<boolean> {
+      const r = await tx.updateTable('jobs').set({ state: 'paused', message: 'paused', lease_owner: null, lease_until: null, updated_at: now }).where('uuid', '=', uuid).where('state', 'in', ['queued', 'running']).executeTakeFirst();
+      return Number(r.numUpdatedRows) === 1;
+    },
+    /** Queues a paused job again; a runner claims it and resumes from its cursor. */
+    async resume(uuid: string, now: string, tx: Conn = db): Promise<boolean> {
+      const r = await tx.updateTable('jobs').set({ state: 'queued', message: 'resumed', updated_at: now }).where('uuid', '=', uuid).where('state', '=', 'paused').executeTakeFirst();
+      return Number(r.numUpdatedRows) === 1;
+    },
+    /** Ends an unfinished job as a failure with the given code; the work its committed steps did stays. */
+    async cancel(uuid: string, code: number, message: string, now: string, tx: Conn = db): Promise<boolean> {
+      const r = await tx
+        .updateTable('jobs')
+        .set({ state: 'failure', code, message, end_time: now, updated_at: now, lease_owner: null, lease_until: null })
+        .where('uuid', '=', uuid)
+        .where('state', 'in', ['queued', 'running', 'paused'])
+        .executeTakeFirst();
+      return Number(r.numUpdatedRows) === 1;
+    },
+    /** An unfinished job of this type, whatever its SVM (cluster-level jobs have none). */
+    findOpenOfType: (type: string, tx: Conn = db) => tx.selectFrom('jobs').selectAll().where('type', '=', type).where('state', 'in', ['queued', 'running', 'paused']).executeTakeFirst(),
+    /** Element's view: hides a completed result once GetAsyncResult handed it out without keepResult. */
+    async dropAsyncResult(uuid: string, tx: Conn = db): Promise<boolean> {
+      const r = await tx.updateTable('jobs').set({ async_deleted: 1 }).where('uuid', '=', uuid).where('async_deleted', '=', 0).executeTakeFirst();
+      return Number(r.numUpdatedRows) === 1;
+    },
     /** Gives the lease up; the lease counts as run out, so any node (this one too) claims the job next. */
     release: (uuid: string, owner: string, tx: Conn = db) =>
       tx.updateTable('jobs').set({ lease_owner: null, lease_until: 0 }).where('uuid', '=', uuid).where('lease_owner', '=', owner).execute(),

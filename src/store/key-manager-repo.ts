@@ -13,8 +13,20 @@ export function createKeyManagerRepo(db: Conn) {
     list: (tx: Conn = db) => tx.selectFrom('key_managers').selectAll().orderBy('created_at').execute(),
     count: async (tx: Conn = db) =>
       Number((await tx.selectFrom('key_managers').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()).n),
-    updatePassphraseSeal: (uuid: string, kdf: string, seal: Buffer, backupSeal: Buffer, now: string, tx: Conn = db) =>
-      tx.updateTable('key_managers').set({ kdf, passphrase_seal: seal, backup_seal: backupSeal, updated_at: now }).where('uuid', '=', uuid).execute(),
+    /**
+     * Replaces the passphrase seal made for root version `rootVersion`; false (nothing written) when
+     * the key manager has moved to another root version meanwhile (a master-key rekey), since a
+     * seal of the old root would leave the passphrase unable to open the current one.
+     */
+    updatePassphraseSeal: async (uuid: string, rootVersion: number, kdf: string, seal: Buffer, backupSeal: Buffer, now: string, tx: Conn = db) => {
+      const r = await tx
+        .updateTable('key_managers')
+        .set({ kdf, passphrase_seal: seal, backup_seal: backupSeal, updated_at: now })
+        .where('uuid', '=', uuid)
+        .where('root_version', '=', rootVersion)
+        .executeTakeFirst();
+      return Number(r.numUpdatedRows) === 1;
+    },
     remove: (uuid: string, tx: Conn = db) => tx.deleteFrom('key_managers').where('uuid', '=', uuid).execute(),
     upsertSeal: async (row: RootSealTable, tx: Conn = db) => {
       await tx

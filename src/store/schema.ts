@@ -16,7 +16,8 @@ export interface SvmTable {
 export interface KeyManagerTable {
   uuid: string;
   svm_uuid: string;
-  type: 'okm';
+  /** 'kmip' added by 0006-external-kmip. */
+  type: 'okm' | 'kmip';
   enabled: number;
   state: string;
   /** scrypt parameters (JSON) of the passphrase seal. */
@@ -66,6 +67,8 @@ export interface DekTable {
   deactivated_at: string | null;
   compromised_at: string | null;
   destroyed_at: string | null;
+  /** KMIP Object Type name (e.g. 'SecretData'); absent or NULL for a Symmetric Key. Added by 0003-kmip. */
+  object_type?: string | null;
 }
 
 export interface UserTable {
@@ -140,6 +143,103 @@ export interface JobTable {
   updated_at: string;
   lease_owner: string | null;
   lease_until: number | null;
+  /** 1 once Element's GetAsyncResult (without keepResult) has handed the result out. Added by 0004-master-key. */
+  async_deleted?: number;
+}
+
+/** Versions of the Element master key (the admin SVM's root). Added by 0004-master-key. */
+export interface MasterKeyTable {
+  /** Element's keyID (a UUID). */
+  id: string;
+  version: number;
+  /** Null: the cluster's internal master key; else the admin onboard key manager whose root version this is. */
+  key_manager_uuid: string | null;
+  root_version: number | null;
+  state: 'active' | 'decommissioned';
+  created_at: string;
+  decommissioned_at: string | null;
+}
+
+/** The internal master key sealed under each node's seal key. Added by 0004-master-key. */
+export interface MasterKeySealTable {
+  master_key_id: string;
+  node_id: string;
+  blob: Buffer;
+  created_at: string;
+}
+
+/** Installed certificates (ONTAP /api/security/certificates). Added by 0003-kmip. */
+export interface CertificateTable {
+  uuid: string;
+  svm_uuid: string;
+  name: string;
+  type: string;
+  public_certificate: string;
+  /** SHA-256 of the DER, lower-case hex. */
+  fingerprint: string;
+  common_name: string | null;
+  serial_number: string;
+  ca: string | null;
+  expiry_time: string;
+  key_size: number | null;
+  /** The private key sealed under the admin tenant's KEK; never returned. */
+  private_key: Buffer | null;
+  created_at: string;
+}
+
+/** Attributes KMIP clients set on an object (a DEK row). Added by 0003-kmip. */
+export interface KmipAttributeTable {
+  object_id: string;
+  svm_uuid: string;
+  name: string;
+  idx: number;
+  /** Searchable text form of the value. */
+  value: string;
+  /** The value's exact TTLV encoding. */
+  raw: Buffer;
+}
+
+/** How to reach the KMIP server of a key manager of type 'kmip'. Added by 0006-external-kmip. */
+export interface KmipConfigTable {
+  key_manager_uuid: string;
+  /** JSON: [{ host, port, timeout, username?, secondary: [{ host, port }] }]. */
+  servers: string;
+  client_certificate_uuid: string;
+  client_certificate_pem: string;
+  /** JSON arrays of uuids and of PEMs, in the same order. */
+  server_ca_uuids: string;
+  server_ca_pems: string;
+  /** The Element key provider this configuration was made for, if any. */
+  key_provider_id: number | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** A node's sealed copy of what it needs to connect to a KMIP server. Added by 0006-external-kmip. */
+export interface KmipNodeSecretTable {
+  key_manager_uuid: string;
+  node_id: string;
+  blob: Buffer;
+  created_at: string;
+}
+
+/** Element KMIP key providers and key servers. Added by 0006-external-kmip. */
+export interface KmipKeyProviderTable {
+  id: number;
+  name: string;
+  created_at: string;
+}
+
+export interface KmipKeyServerTable {
+  id: number;
+  name: string;
+  /** JSON array of host names or addresses (a clustered key server has several). */
+  hostnames: string;
+  port: number;
+  ca_pem: string;
+  client_certificate_pem: string;
+  key_provider_id: number | null;
+  created_at: string;
 }
 
 export interface DB {
@@ -155,6 +255,14 @@ export interface DB {
   audit_head: AuditHeadTable;
   nodes: NodeTable;
   jobs: JobTable;
+  certificates: CertificateTable;
+  kmip_attributes: KmipAttributeTable;
+  master_keys: MasterKeyTable;
+  master_key_seals: MasterKeySealTable;
+  kmip_configs: KmipConfigTable;
+  kmip_node_secrets: KmipNodeSecretTable;
+  kmip_key_providers: KmipKeyProviderTable;
+  kmip_key_servers: KmipKeyServerTable;
 }
 
 export type Db = Kysely<DB>;

@@ -7,7 +7,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Services } from '../../app.js';
 import type { JobRow } from '../../store/job-repo.js';
-import { fail } from '../../errors.js';
+import { ERRORS, fail } from '../../errors.js';
 import { actor, authorize, bool, canSee, maxRecords, principal, requireClusterAdmin, requireOntapRead, returnTimeout, selectFields } from '../http.js';
 
 export function jobView(j: JobRow) {
@@ -93,6 +93,43 @@ export function jobRoutes(s: Services) {
       },
     );
 
+    app.patch(
+      '/api/cluster/jobs/:uuid',
+      {
+        schema: {
+          tags: ['cluster'],
+          summary: 'Pauses, resumes or cancels a job (ONTAP). A paused job keeps its cursor and resumes from it; a cancelled job ends as a failure (code 65600050) where its last step left it, with every key readable.',
+          querystring: { type: 'object', additionalProperties: false, required: ['action'], properties: { action: { type: 'string', enum: ['pause', 'resume', 'cancel'] } } },
+        },
+      },
+      async (req) => {
+        requireOntapRead(req);
+        const action = (req.query as { action: 'pause' | 'resume' | 'cancel' }).action;
+        const j = await s.repos.jobs.find((req.params as { uuid: string }).uuid);
+        if (!j || !(await visible(req, j))) fail('not_found');
+        // Changing a job is managing what it works on: cluster-level and admin-SVM jobs need a cluster admin.
+        const svm = j.svm_uuid ? await s.svms.resolve(j.svm_uuid) : undefined;
+        if (!svm || svm.scope === 'cluster') requireClusterAdmin(req);
+        else authorize(req, svm, 'manage');
+        if (j.state === 'success' || j.state === 'failure') fail('job_terminal');
+        if (action === 'pause') {
+          if (!s.jobs.supports(j.type, 'pause')) fail('job_no_pause');
+          if (j.state === 'paused') fail('job_not_running');
+        } else if (action === 'resume') {
+          if (j.state !== 'paused') fail('job_is_running');
+        } else if (!s.jobs.supports(j.type, 'cancel')) fail('job_no_cancel');
+        const cancelled = { code: Number(ERRORS['job_cancelled'].code), message: `Cancelled by ${principal(req).name}; keys re-wrapped so far stay re-wrapped and every key remains readable.` };
+        if (!(await s.jobs.control(j.uuid, action, cancelled))) {
+          // It changed state meanwhile (ended, or was paused or resumed by another call).
+          const now = await s.repos.jobs.find(j.uuid);
+          if (!now || now.state === 'success' || now.state === 'failure') fail('job_terminal');
+          fail(action === 'resume' ? 'job_is_running' : 'job_not_running');
+        }
+        await s.audit.record({ ...actor(req), action: `job.${action}`, outcome: 'success', objectType: 'job', objectId: j.uuid, svmUuid: j.svm_uuid });
+        return {};
+      },
+    );
+
     app.post(
       '/api/security/key-managers/:uuid/rekey-internal',
       { schema: { tags: ['security'], summary: 'Keysmith path: a new KEK version for the key manager’s SVM and every key re-wrapped under it, online (a job).', querystring: timeoutQuery } },
@@ -105,12 +142,14 @@ export function jobRoutes(s: Services) {
         authorize(req, km ? svm : undefined, 'manage');
         if (svm!.scope === 'cluster') requireClusterAdmin(req);
         s.keyring.root(km!); // sealed or unsynchronized nodes refuse up front
+        await s.keyStores.rekeyGate(svm!.uuid, km!); // switching 65537610, initializing/disabling, keys still under the admin SVM 65537547
         const kek = await s.repos.keks.findActive(svm!.uuid);
         if (kek && kek.key_manager_uuid !== km!.uuid) fail('rekey_needs_migrate');
         // Destroyed keys have no material left to re-wrap: they do not count as keys here.
         if (!kek || (await s.repos.deks.countStillUnder(svm!.uuid, 0x7fffffff)) === 0) fail('rekey_no_keys');
         const who = actor(req);
         const job = await s.store.db.transaction().execute(async (tx) => {
+          await s.keyStores.rekeyGate(svm!.uuid, km!, tx); // again, locked: a switch or migration may have started meanwhile
           if (await s.repos.jobs.findOpen('rekey-internal', svm!.uuid, tx)) fail('job_running');
           const j = await s.jobs.submit({ type: 'rekey-internal', svmUuid: svm!.uuid, params: { svm_uuid: svm!.uuid, svm_name: svm!.name }, createdBy: who.actor }, tx);
           await s.audit.recordIn(tx, { ...who, action: 'key_manager.rekey_internal', outcome: 'success', objectType: 'job', objectId: j.uuid, svmUuid: svm!.uuid, detail: { key_manager: km!.uuid } });

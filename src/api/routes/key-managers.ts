@@ -8,9 +8,10 @@ import type { Services } from '../../app.js';
 import type { KeyManagerRow } from '../../store/key-manager-repo.js';
 import type { SvmRow } from '../../store/svm-repo.js';
 import { KeysmithError, fail } from '../../errors.js';
+import type { ExternalInput } from '../../keymanagers/kmip-config-service.js';
 import { actor, authorize, bool, canSee, maxRecords, principal, requireClusterAdmin, requireOntapRead, returnTimeout, selectFields } from '../http.js';
 
-const EXPENSIVE = ['status', 'onboard.key_backup'];
+const EXPENSIVE = ['status', 'onboard.key_backup', 'external.servers.connectivity'];
 
 async function view(s: Services, km: KeyManagerRow, svm: SvmRow, wantBackup: () => Promise<string>, fields: string | undefined) {
   const wants = (f: string) => !!fields && fields.split(',').some((x) => x.trim() === f || x.trim() === '**' || (f === 'status' && x.trim().startsWith('status.')));
@@ -18,17 +19,21 @@ async function view(s: Services, km: KeyManagerRow, svm: SvmRow, wantBackup: () 
     uuid: km.uuid,
     scope: svm.scope,
     ...(svm.scope === 'svm' ? { svm: { uuid: svm.uuid, name: svm.name, _links: { self: { href: `/api/svm/svms/${svm.uuid}` } } } } : {}),
-    onboard: { enabled: km.enabled === 1 } as Record<string, unknown>,
+    onboard: { enabled: km.type === 'okm' && km.enabled === 1 } as Record<string, unknown>,
     volume_encryption: { supported: true, code: 0, message: '' },
     is_default_data_at_rest_encryption_disabled: false,
     _links: { self: { href: `/api/security/key-managers/${km.uuid}` } },
   };
-  if (wants('status')) {
+  if (km.type === 'kmip') {
+    // An external (KMIP) key manager: its servers and certificates; per-server connectivity is probed when asked for.
+    rec.external = await s.externalKmip.view(km, { connectivity: wants('external.servers.connectivity'), nodeName: s.config.nodeName });
+    if (wants('status')) rec.status = await s.externalKmip.health(km);
+  } else if (wants('status')) {
     if (s.keyring.isSealed()) rec.status = { code: Number(new KeysmithError('sealed').code), message: new KeysmithError('sealed').message };
     else if (!s.keyring.hasRoot(km)) rec.status = { code: Number(new KeysmithError('not_synchronized').code), message: new KeysmithError('not_synchronized').message };
     else rec.status = { code: 0, message: '' };
   }
-  if (wants('onboard.key_backup')) {
+  if (km.type === 'okm' && wants('onboard.key_backup')) {
     const named = !!fields && fields.split(',').some((x) => x.trim() === 'onboard.key_backup');
     try {
       (rec.onboard as Record<string, unknown>).key_backup = await wantBackup();
@@ -38,9 +43,10 @@ async function view(s: Services, km: KeyManagerRow, svm: SvmRow, wantBackup: () 
       if (named || !(e instanceof KeysmithError) || (e.kind !== 'sealed' && e.kind !== 'not_synchronized')) throw e;
     }
   }
-  return selectFields(rec, fields, {
+  // Connectivity sits inside each server of the array: asking for it returns the whole `external` object.
+  return selectFields(rec, fields?.replace(/external\.servers\.connectivity[\w.]*/g, 'external'), {
     always: ['uuid', '_links'],
-    defaults: ['scope', 'svm', 'onboard', 'volume_encryption', 'is_default_data_at_rest_encryption_disabled'],
+    defaults: ['scope', 'svm', 'onboard', 'external', 'volume_encryption', 'is_default_data_at_rest_encryption_disabled'],
     expensive: EXPENSIVE,
   });
 }
@@ -128,7 +134,7 @@ export function keyManagerRoutes(s: Services) {
         schema: {
           tags: ['security'],
           summary: 'Creates an onboard key manager for the cluster or an SVM (ONTAP).',
-          querystring: { type: 'object', additionalProperties: false, properties: { return_records: { type: 'string' }, return_timeout: { type: 'string' } } },
+          querystring: { type: 'object', additionalProperties: false, properties: { return_records: { type: 'string' }, return_timeout: { type: 'string' }, create_inactive: { type: 'string' } } },
           body: {
             type: 'object',
             additionalProperties: false,
@@ -145,9 +151,11 @@ export function keyManagerRoutes(s: Services) {
         const q = req.query as Record<string, string | undefined>;
         const withRecords = bool(q.return_records, 'return_records');
         returnTimeout(q.return_timeout);
+        // ONTAP's create_inactive: a configuration beside the enabled one, enabled later through /api/security/key-stores.
+        const inactive = bool(q.create_inactive, 'create_inactive') ?? false;
         const body = req.body as { onboard?: { passphrase?: string; synchronize?: boolean }; external?: unknown; svm?: { name?: string; uuid?: string }; scope?: string };
-        if (body.external !== undefined) fail('not_supported', 'External key managers are not available in this version of Keysmith.', 'external');
-        if (!body.onboard) fail('invalid_field', 'Give onboard.passphrase to configure the Onboard Key Manager.', 'onboard');
+        if (body.external !== undefined && body.onboard !== undefined) fail('invalid_field', 'Give onboard or external, not both.', 'external');
+        if (body.external === undefined && !body.onboard) fail('invalid_field', 'Give onboard.passphrase to configure the Onboard Key Manager, or external to configure external key servers.', 'onboard');
         let svm: SvmRow | undefined;
         if (body.svm) {
           const ref = body.svm.uuid ?? body.svm.name;
@@ -161,7 +169,10 @@ export function keyManagerRoutes(s: Services) {
           requireClusterAdmin(req);
           svm = await s.svms.admin();
         }
-        const km = await s.onboard.create(svm!, body.onboard.passphrase, actor(req));
+        const km =
+          body.external !== undefined
+            ? await s.externalKmip.create(svm!, body.external as ExternalInput, actor(req), { inactive })
+            : await s.onboard.create(svm!, body.onboard!.passphrase, actor(req), { inactive });
         reply.status(201).header('location', `/api/security/key-managers/${km.uuid}`);
         return withRecords ? { num_records: 1, records: [await view(s, km, svm!, async () => '', undefined)] } : {};
       },
@@ -192,7 +203,12 @@ export function keyManagerRoutes(s: Services) {
         returnTimeout((req.query as Record<string, string | undefined>).return_timeout);
         const { km } = await load(req, (req.params as { uuid: string }).uuid, 'manage');
         const body = req.body as { onboard?: Record<string, unknown>; external?: unknown };
-        if (body.external !== undefined) fail('key_manager_missing', 'External key management is not enabled for the SVM.', 'external');
+        if (body.external !== undefined) {
+          if (body.onboard !== undefined) fail('invalid_field', 'Give onboard or external, not both.', 'external');
+          await s.externalKmip.update(km, body.external as ExternalInput, actor(req));
+          return {};
+        }
+        if (km.type === 'kmip') fail('invalid_field', 'This key manager is external: onboard fields do not apply to it.', 'onboard');
         if (!body.onboard) fail('invalid_field', 'Nothing to change: give onboard fields.', 'onboard');
         await s.onboard.update(km, body.onboard, actor(req));
         return {};
@@ -202,6 +218,7 @@ export function keyManagerRoutes(s: Services) {
     app.delete('/api/security/key-managers/:uuid', { schema: { tags: ['security'], summary: 'Deletes a key manager no key depends on (ONTAP).' } }, async (req) => {
       const { km } = await load(req, (req.params as { uuid: string }).uuid, 'manage');
       await s.onboard.remove(km, actor(req));
+      if (km.type === 'kmip') s.externalKmip.forget(km.uuid);
       return {};
     });
 

@@ -2,11 +2,15 @@
 import type { Migration, MigrationProvider } from 'kysely';
 import { init } from './0001-init.js';
 import { jobs } from './0002-jobs.js';
+import { kmip } from './0003-kmip.js';
+import { masterKey } from './0004-master-key.js';
+import { keyStores } from './0005-key-stores.js';
+import { externalKmip } from './0006-external-kmip.js';
 
 export function migrationProvider(dialect: 'sqlite' | 'postgres'): MigrationProvider {
   return {
     async getMigrations(): Promise<Record<string, Migration>> {
-      return { '0001-init': init(dialect), '0002-jobs': jobs() };
+      return { '0001-init': init(dialect), '0002-jobs': jobs(), '0003-kmip': kmip(dialect), '0004-master-key': masterKey(dialect), '0005-key-stores': keyStores(), '0006-external-kmip': externalKmip(dialect) };
     },
   };
 }

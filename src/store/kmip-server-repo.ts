@@ -1,0 +1,43 @@
+/** SQL for external KMIP key managers (their connection settings and node secrets) and Element's KMIP key providers and servers. */
+import type { Conn, KmipConfigTable, KmipKeyProviderTable, KmipKeyServerTable, KmipNodeSecretTable } from './schema.js';
+
+export type KmipConfigRow = KmipConfigTable;
+export type KmipKeyProviderRow = KmipKeyProviderTable;
+export type KmipKeyServerRow = KmipKeyServerTable;
+
+export function createKmipServerRepo(db: Conn) {
+  return {
+    insertConfig: (row: KmipConfigRow, tx: Conn = db) => tx.insertInto('kmip_configs').values(row).execute(),
+    findConfig: (kmUuid: string, tx: Conn = db) => tx.selectFrom('kmip_configs').selectAll().where('key_manager_uuid', '=', kmUuid).executeTakeFirst(),
+    listConfigs: (tx: Conn = db) => tx.selectFrom('kmip_configs').selectAll().execute(),
+    updateConfig: (kmUuid: string, patch: Partial<Omit<KmipConfigRow, 'key_manager_uuid'>>, tx: Conn = db) =>
+      tx.updateTable('kmip_configs').set(patch).where('key_manager_uuid', '=', kmUuid).execute(),
+    configsForProvider: (providerId: number, tx: Conn = db) => tx.selectFrom('kmip_configs').selectAll().where('key_provider_id', '=', providerId).execute(),
+
+    upsertNodeSecret: async (row: KmipNodeSecretTable, tx: Conn = db) => {
+      await tx.deleteFrom('kmip_node_secrets').where('key_manager_uuid', '=', row.key_manager_uuid).where('node_id', '=', row.node_id).execute();
+      await tx.insertInto('kmip_node_secrets').values(row).execute();
+    },
+    findNodeSecret: (kmUuid: string, nodeId: string, tx: Conn = db) =>
+      tx.selectFrom('kmip_node_secrets').selectAll().where('key_manager_uuid', '=', kmUuid).where('node_id', '=', nodeId).executeTakeFirst(),
+    /** Other nodes' copies are stale once the secrets change: they must be made again where they are needed. */
+    removeNodeSecrets: (kmUuid: string, tx: Conn = db) => tx.deleteFrom('kmip_node_secrets').where('key_manager_uuid', '=', kmUuid).execute(),
+
+    // Element key providers and key servers. Ids are Element's small integers: the next one is taken
+    // inside the inserting transaction, and the primary key refuses a concurrent duplicate.
+    nextProviderId: async (tx: Conn = db) => Number((await tx.selectFrom('kmip_key_providers').select((eb) => eb.fn.max<number>('id').as('m')).executeTakeFirst())?.m ?? 0) + 1,
+    nextServerId: async (tx: Conn = db) => Number((await tx.selectFrom('kmip_key_servers').select((eb) => eb.fn.max<number>('id').as('m')).executeTakeFirst())?.m ?? 0) + 1,
+    insertProvider: (row: KmipKeyProviderRow, tx: Conn = db) => tx.insertInto('kmip_key_providers').values(row).execute(),
+    findProvider: (id: number, tx: Conn = db) => tx.selectFrom('kmip_key_providers').selectAll().where('id', '=', id).executeTakeFirst(),
+    findProviderByName: (name: string, tx: Conn = db) => tx.selectFrom('kmip_key_providers').selectAll().where('name', '=', name).executeTakeFirst(),
+    listProviders: (tx: Conn = db) => tx.selectFrom('kmip_key_providers').selectAll().orderBy('id').execute(),
+    removeProvider: (id: number, tx: Conn = db) => tx.deleteFrom('kmip_key_providers').where('id', '=', id).execute(),
+    insertServer: (row: KmipKeyServerRow, tx: Conn = db) => tx.insertInto('kmip_key_servers').values(row).execute(),
+    findServer: (id: number, tx: Conn = db) => tx.selectFrom('kmip_key_servers').selectAll().where('id', '=', id).executeTakeFirst(),
+    listServers: (tx: Conn = db) => tx.selectFrom('kmip_key_servers').selectAll().orderBy('id').execute(),
+    serversOfProvider: (providerId: number, tx: Conn = db) => tx.selectFrom('kmip_key_servers').selectAll().where('key_provider_id', '=', providerId).orderBy('id').execute(),
+    updateServer: (id: number, patch: Partial<Omit<KmipKeyServerRow, 'id'>>, tx: Conn = db) => tx.updateTable('kmip_key_servers').set(patch).where('id', '=', id).execute(),
+    removeServer: (id: number, tx: Conn = db) => tx.deleteFrom('kmip_key_servers').where('id', '=', id).execute(),
+  };
+}
+export type KmipServerRepo = ReturnType<typeof createKmipServerRepo>;

@@ -1,0 +1,559 @@
+/**
+ * The KMIP server against real peers: Debian's PyKMIP client library (a scripted session at KMIP
+ * 1.1, 1.2, 1.4 and 2.0) and raw TTLV over TLS for what PyKMIP cannot send (vSphere's Add Attribute
+ * batch, Maximum Response Size, ID placeholders), plus REST visibility and rekey-internal, on both
+ * stores; and a fuzz run of malformed messages against the running server.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import { PASSPHRASE, RUN_DIR, STORES, noteSecret, startWithOkm, type TestServer } from './helpers.js';
+import { makePki, type Pki } from './kmip/pki.js';
+import { TtlvFramer } from '../src/kmip/framer.js';
+import { buildRequest, parseResponse, type RequestBatchItem, type ResponseMessage } from '../src/kmip/message.js';
+import { Tag } from '../src/kmip/tags.js';
+import { ItemType, child, children, decodeTtlv, encodeTtlv, ttlv, type Ttlv } from '../src/kmip/ttlv.js';
+import { CryptographicAlgorithm, NameType, ObjectType, Operation, ResultReason, ResultStatus, State } from '../src/kmip/enums.js';
+
+const run = promisify(execFile);
+const SCRIPT = join(import.meta.dirname, 'kmip', 'pykmip_session.py');
+
+/** A raw KMIP connection: sends whole messages, reads whole answers. */
+class RawKmip {
+  private framer = new TtlvFramer({ maxMessageBytes: 16 * 1024 * 1024 });
+  private waiting: ((b: Buffer) => void)[] = [];
+  private ready: Buffer[] = [];
+  private constructor(readonly socket: tls.TLSSocket) {
+    socket.on('data', (d: Buffer) => {
+      for (const m of this.framer.push(d)) {
+        const w = this.waiting.shift();
+        if (w) w(m);
+        else this.ready.push(m);
+      }
+    });
+  }
+  static connect(port: number, pki: Pki, client: { cert: string; key: string }): Promise<RawKmip> {
+    return new Promise((resolve, reject) => {
+      const s = tls.connect({ host: '127.0.0.1', port, ca: readFileSync(pki.caCert), cert: readFileSync(client.cert), key: readFileSync(client.key), servername: 'localhost' }, () => resolve(new RawKmip(s)));
+      s.once('error', reject);
+    });
+  }
+  next(): Promise<Buffer> {
+    const r = this.ready.shift();
+    if (r) return Promise.resolve(r);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('no answer within 10 s')), 10_000);
+      this.waiting.push((b) => {
+        clearTimeout(t);
+        resolve(b);
+      });
+    });
+  }
+  async sendRaw(bytes: Buffer): Promise<Buffer> {
+    this.socket.write(bytes);
+    return this.next();
+  }
+  async send(items: RequestBatchItem[], header: { major?: number; minor?: number; maximumResponseSize?: number; batchErrorContinuationOption?: number; authentication?: { username: string; password: string } } = {}): Promise<ResponseMessage> {
+    const msg = buildRequest({ header: { protocolVersion: { major: header.major ?? 1, minor: header.minor ?? 1 }, batchCount: items.length, maximumResponseSize: header.maximumResponseSize, batchErrorContinuationOption: header.batchErrorContinuationOption, authentication: header.authentication }, items });
+    return parseResponse(decodeTtlv(await this.sendRaw(encodeTtlv(msg))));
+  }
+  close() {
+    this.socket.destroy();
+  }
+}
+
+const payload = (items: Ttlv[]) => ttlv.struct(Tag.RequestPayload, items);
+const attr = (name: string, value: Ttlv, index?: number) =>
+  ttlv.struct(Tag.Attribute, [ttlv.text(Tag.AttributeName, name), ...(index !== undefined ? [ttlv.int(Tag.AttributeIndex, index)] : []), { ...value, tag: Tag.AttributeValue } as Ttlv]);
+const uidOf = (p: Ttlv | undefined) => (child(p!, Tag.UniqueIdentifier)?.value as string) ?? '';
+
+/** vSphere's Create: AES-256, attributes in the order algorithm, mask, length. */
+function vsphereCreate(): RequestBatchItem {
+  return {
+    operation: Operation.Create,
+    uniqueBatchItemId: Buffer.from('QLKC0001'),
+    payload: payload([
+      ttlv.enumeration(Tag.ObjectType, ObjectType.SymmetricKey),
+      ttlv.struct(Tag.TemplateAttribute, [
+        attr('Cryptographic Algorithm', ttlv.enumeration(0, CryptographicAlgorithm.AES)),
+        attr('Cryptographic Usage Mask', ttlv.int(0, 12)),
+        attr('Cryptographic Length', ttlv.int(0, 256)),
+      ]),
+    ]),
+  };
+}
+
+for (const store of STORES) {
+  describe(`KMIP server on ${store}`, () => {
+    let s: TestServer;
+    let pki: Pki;
+    let client: ReturnType<Pki['client']>;
+    let stranger: ReturnType<Pki['client']>;
+    let svm: { uuid: string; name: string };
+    let port: number;
+
+    beforeAll(async () => {
+      pki = makePki('ks-kmip-');
+      s = await startWithOkm({ store, kmip: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert } });
+      port = s.app.kmip!.port;
+      const r = await s.call('POST', '/api/svm/svms', { name: 'kmipsvm' });
+      svm = { uuid: r.headers.get('location')!.split('/').pop()!, name: 'kmipsvm' };
+      await s.call('POST', '/api/security/key-managers', { svm: { name: svm.name }, onboard: { passphrase: PASSPHRASE } });
+      client = pki.client('vcenter.example');
+      stranger = pki.client('not-installed');
+      const c = await s.call('POST', '/api/security/certificates', { svm: { name: svm.name }, type: 'client', public_certificate: client.pem });
+      expect(c.status).toBe(201);
+    });
+    afterAll(() => s?.close());
+
+    const versions = store === 'sqlite' ? ['1.1', '1.2', '1.4', '2.0'] : ['1.2', '2.0'];
+    for (const version of versions) {
+      it(`PyKMIP ${version}: a whole session, with its error paths`, async () => {
+        const { stdout } = await run('/usr/bin/python3', [SCRIPT, '127.0.0.1', String(port), client.cert, client.key, pki.caCert, version], { timeout: 60_000 });
+        writeFileSync(join(RUN_DIR, `pykmip-${store}-${version}.json`), stdout);
+        const o = JSON.parse(stdout);
+        const v2 = version === '2.0';
+        noteSecret('s3cret-pa55word!');
+        expect(o.discover_versions).toEqual({ ok: true, value: [[2, 1], [2, 0], [1, 4], [1, 3], [1, 2], [1, 1], [1, 0]] });
+        expect(o.query.ok).toBe(true);
+        expect(o.query.value.status).toBe('SUCCESS');
+        expect(o.query.value.operations).toEqual(expect.arrayContaining(['CREATE', 'REGISTER', 'GET', 'LOCATE', 'ACTIVATE', 'REVOKE', 'DESTROY', 'ENCRYPT', 'DECRYPT', 'ADD_ATTRIBUTE', 'REKEY', 'CHECK']));
+        expect(o.query.value.objects).toEqual(['SECRET_DATA', 'SYMMETRIC_KEY']);
+        expect(o.query.value.vendor).toBe('Keysmith');
+        expect(o.create.ok).toBe(true);
+        expect(o.create.value).toMatch(/^dek_/);
+        expect(o.get_attributes_created.ok).toBe(true);
+        expect(o.get_attributes_created.value).toMatchObject({ State: 'PRE_ACTIVE', 'Cryptographic Algorithm': 'AES', 'Cryptographic Length': 256, 'Object Type': 'SYMMETRIC_KEY' });
+        expect(o.get_attributes_created.value.Name).toMatch(/^pykmip-/);
+        expect(o.get_attribute_list.ok).toBe(true);
+        expect(o.get_attribute_list.value).toEqual(expect.arrayContaining(['Unique Identifier', 'State', 'Cryptographic Algorithm', 'Cryptographic Usage Mask', ...(v2 ? [] : ['Name'])]));
+        expect(o.locate_by_name).toEqual({ ok: true, value: [o.create.value] });
+        expect(o.get_preactive).toEqual({ ok: true, value: 32 });
+        expect(o.activate.ok).toBe(true);
+        expect(o.get_attributes_active.value).toEqual({ State: 'ACTIVE' });
+        expect(o.locate_active_keys).toEqual({ ok: true, value: true });
+        expect(o.locate_paged).toEqual({ ok: true, value: 1 });
+        expect(o.encrypt_decrypt).toEqual({ ok: true, value: { iv_len: 16, ct_len: 32, same: true, changed: true } });
+        expect(o.destroy_active).toMatchObject({ ok: false, status: 'OPERATION_FAILED', reason: 'PERMISSION_DENIED' });
+        expect(o.revoke.ok).toBe(true);
+        expect(o.get_attributes_revoked.value).toEqual({ State: 'DEACTIVATED' });
+        expect(o.destroy.ok).toBe(true);
+        expect(o.get_destroyed).toMatchObject({ ok: false, status: 'OPERATION_FAILED' });
+        expect(o.get_unknown).toMatchObject({ ok: false, status: 'OPERATION_FAILED', reason: 'ITEM_NOT_FOUND' });
+        expect(o.register_key.ok).toBe(true);
+        expect(o.get_registered).toEqual({ ok: true, value: Buffer.from(Array.from({ length: 32 }, (_, i) => i)).toString('hex') });
+        expect(o.register_secret.ok).toBe(true);
+        expect(o.get_secret).toEqual({ ok: true, value: { value: 's3cret-pa55word!', type: 'SecretData' } });
+        expect(o.locate_secret.value).toContain(o.ids.secret);
+
+        // The same keys, seen through the REST data plane of the SVM the certificate belongs to.
+        const created = await s.call('GET', `/api/v1/svms/${svm.uuid}/keys/${o.ids.created}`);
+        expect(created.body).toMatchObject({ id: o.ids.created, state: 'destroyed', length: 256, algorithm: 'AES' });
+        expect(created.body.name).toMatch(/^pykmip-/);
+        const registered = await s.call('GET', `/api/v1/svms/${svm.uuid}/keys/${o.ids.registered}`);
+        expect(registered.body).toMatchObject({ state: 'pre-active', length: 256 });
+        // Every state change and every read of material left an audit event naming the certificate.
+        const events = await s.app.services.audit.query({ objectId: o.ids.created, limit: 100 });
+        const actions = events.map((e: any) => e.action);
+        expect(actions).toEqual(expect.arrayContaining(['kmip.create', 'kmip.get', 'key.activate', 'kmip.encrypt', 'kmip.decrypt', 'key.deactivate', 'key.destroy']));
+        for (const e of events.filter((x: any) => x.action !== 'key.read')) expect(e.actor).toMatch(/^certificate:vcenter\.example:/);
+      });
+    }
+
+    it('a client certificate that is not installed is refused (Authentication Not Successful); Query still answers', async () => {
+      const { stdout } = await run('/usr/bin/python3', [SCRIPT, '127.0.0.1', String(port), stranger.cert, stranger.key, pki.caCert, '1.2', 'refused'], { timeout: 60_000 });
+      const o = JSON.parse(stdout);
+      expect(o.create).toMatchObject({ ok: false, status: 'OPERATION_FAILED', reason: 'AUTHENTICATION_NOT_SUCCESSFUL' });
+      expect(o.query).toEqual({ ok: true, value: 'SUCCESS' });
+    });
+
+    it('a client certificate from another CA does not get past the TLS handshake', async () => {
+      const other = makePki('ks-other-');
+      const c = other.client('outsider');
+      const sock = tls.connect({ host: '127.0.0.1', port, ca: readFileSync(pki.caCert), cert: readFileSync(c.cert), key: readFileSync(c.key), servername: 'localhost' });
+      const outcome = await new Promise<string>((resolve) => {
+        sock.on('secureConnect', () => sock.write(encodeTtlv(buildRequest({ header: { protocolVersion: { major: 1, minor: 2 }, batchCount: 1 }, items: [{ operation: Operation.DiscoverVersions, payload: payload([]) }] }))));
+        sock.on('data', () => resolve('answered'));
+        sock.on('error', () => resolve('refused'));
+        sock.on('close', () => resolve('refused'));
+        setTimeout(() => resolve('timeout'), 5000);
+      });
+      sock.destroy();
+      expect(outcome).toBe('refused');
+    });
+
+    it("vSphere's session: Create in its attribute order, Get Attributes of x- names, a batch of three Add Attribute with Unique Batch Item IDs, Get Raw, Activate", async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const dv = await k.send([{ operation: Operation.DiscoverVersions, payload: payload([]) }]);
+        expect(dv.items[0].resultStatus).toBe(ResultStatus.Success);
+        const cr = await k.send([vsphereCreate()]);
+        expect(cr.protocolVersion).toEqual({ major: 1, minor: 1 });
+        expect(cr.items[0].uniqueBatchItemId).toEqual(Buffer.from('QLKC0001'));
+        const id = uidOf(cr.items[0].payload);
+        const ga = await k.send([{ operation: Operation.GetAttributes, uniqueBatchItemId: Buffer.from('QLKC0002'), payload: payload([ttlv.text(Tag.UniqueIdentifier, id), ...['x-Product_Version', 'x-Product', 'x-Vendor', 'State'].map((n) => ttlv.text(Tag.AttributeName, n))]) }]);
+        const got = children(ga.items[0].payload!, Tag.Attribute);
+        expect(got.map((a) => child(a, Tag.AttributeName)!.value)).toEqual(['State']);
+        expect(child(got[0], Tag.AttributeValue)!.value).toBe(State.PreActive);
+        const adds = [
+          ['x-Product_Version', '8.0.2'],
+          ['x-Vendor', 'VMware, Inc.'],
+          ['x-Product', 'VMware vSphere'],
+        ].map(([n, v], i) => ({ operation: Operation.AddAttribute, uniqueBatchItemId: Buffer.from(`QLKC000${3 + i}`), payload: payload([ttlv.text(Tag.UniqueIdentifier, id), attr(n, ttlv.text(0, v))]) }));
+        const add = await k.send(adds);
+        expect(add.items.map((i) => i.resultStatus)).toEqual([0, 0, 0]);
+        expect(add.items.map((i) => i.uniqueBatchItemId!.toString())).toEqual(['QLKC0003', 'QLKC0004', 'QLKC0005']);
+        const ga2 = await k.send([{ operation: Operation.GetAttributes, payload: payload([ttlv.text(Tag.UniqueIdentifier, id), ttlv.text(Tag.AttributeName, 'x-Vendor'), ttlv.text(Tag.AttributeName, 'x-Product')]) }]);
+        expect(children(ga2.items[0].payload!, Tag.Attribute).map((a) => child(a, Tag.AttributeValue)!.value).sort()).toEqual(['VMware vSphere', 'VMware, Inc.']);
+        const get = await k.send([{ operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, id)]) }]);
+        const block = child(child(get.items[0].payload!, Tag.SymmetricKey)!, Tag.KeyBlock)!;
+        expect(child(block, Tag.KeyFormatType)!.value).toBe(1);
+        expect((child(child(block, Tag.KeyValue)!, Tag.KeyMaterial)!.value as Buffer).length).toBe(32);
+        const act = await k.send([{ operation: Operation.Activate, payload: payload([ttlv.text(Tag.UniqueIdentifier, id)]) }]);
+        expect(act.items[0].resultStatus).toBe(ResultStatus.Success);
+        // Locate by a custom attribute (ONTAP and SAN arrays do this).
+        const loc = await k.send([{ operation: Operation.Locate, payload: payload([attr('x-Product', ttlv.text(0, 'VMware vSphere'))]) }]);
+        expect(children(loc.items[0].payload!, Tag.UniqueIdentifier).map((u) => u.value)).toContain(id);
+      } finally {
+        k.close();
+      }
+    });
+
+    it("MySQL's Create: Attribute Index 0 everywhere, a Storage Status Mask, Maximum Response Size; a too-small maximum is Response Too Large", async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const item: RequestBatchItem = {
+          operation: Operation.Create,
+          payload: payload([
+            ttlv.enumeration(Tag.ObjectType, ObjectType.SymmetricKey),
+            ttlv.struct(Tag.TemplateAttribute, [
+              attr('Cryptographic Algorithm', ttlv.enumeration(0, CryptographicAlgorithm.AES), 0),
+              attr('Cryptographic Length', ttlv.int(0, 256), 0),
+              attr('Cryptographic Usage Mask', ttlv.int(0, 12), 0),
+              attr('Storage Status Mask', ttlv.int(0, 1), 0),
+              attr('Name', ttlv.struct(0, [ttlv.text(Tag.NameValue, `mysql-${randomBytes(3).toString('hex')}`), ttlv.enumeration(Tag.NameType, NameType.UninterpretedTextString)]), 0),
+            ]),
+          ]),
+        };
+        const ok = await k.send([item], { maximumResponseSize: 280000 });
+        expect(ok.items[0].resultStatus).toBe(ResultStatus.Success);
+        const id = uidOf(ok.items[0].payload);
+        const big = await k.send([{ operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, id)]) }], { maximumResponseSize: 64 });
+        expect(big.items[0]).toMatchObject({ resultStatus: ResultStatus.OperationFailed, resultReason: ResultReason.ResponseTooLarge });
+        expect(big.items[0].payload).toBeUndefined();
+      } finally {
+        k.close();
+      }
+    });
+
+    it("ONTAP's Register with x-NETAPP-* attributes, then a KMIP 1.0 batch of Query + Locate by two custom attributes + Get in Opaque (MongoDB's Secret Data)", async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const cluster = `cluster-${randomBytes(3).toString('hex')}`;
+        const netapp = [
+          ['x-NETAPP-ClusterName', cluster],
+          ['x-NETAPP-ClusterId', 'c0ffee'],
+          ['x-NETAPP-KeyUsage', 'NSE-AK'],
+          ['x-NETAPP-Product', 'Data ONTAP'],
+        ];
+        const material = randomBytes(32);
+        noteSecret(material.toString('hex'));
+        const reg = await k.send([
+          {
+            operation: Operation.Register,
+            payload: payload([
+              ttlv.enumeration(Tag.ObjectType, ObjectType.SymmetricKey),
+              ttlv.struct(Tag.TemplateAttribute, [attr('Cryptographic Usage Mask', ttlv.int(0, 12)), ...netapp.map(([n, v]) => attr(n, ttlv.text(0, v)))]),
+              ttlv.struct(Tag.SymmetricKey, [
+                ttlv.struct(Tag.KeyBlock, [
+                  ttlv.enumeration(Tag.KeyFormatType, 7), // Transparent Symmetric Key
+                  ttlv.struct(Tag.KeyValue, [ttlv.struct(Tag.KeyMaterial, [ttlv.bytes(Tag.Key, material)])]),
+                  ttlv.enumeration(Tag.CryptographicAlgorithm, CryptographicAlgorithm.AES),
+                  ttlv.int(Tag.CryptographicLength, 256),
+                ]),
+              ]),
+            ]),
+          },
+        ]);
+        expect(reg.items[0].resultStatus).toBe(0);
+        const id = uidOf(reg.items[0].payload);
+        const secret = randomBytes(96);
+        noteSecret(secret.toString('hex'));
+        const sd = await k.send(
+          [
+            {
+              operation: Operation.Register,
+              payload: payload([
+                ttlv.enumeration(Tag.ObjectType, ObjectType.SecretData),
+                ttlv.struct(Tag.TemplateAttribute, [attr('Cryptographic Usage Mask', ttlv.int(0, 0)), attr('x-ResourceID', ttlv.text(0, cluster))]),
+                ttlv.struct(Tag.SecretData, [ttlv.enumeration(Tag.SecretDataType, 2), ttlv.struct(Tag.KeyBlock, [ttlv.enumeration(Tag.KeyFormatType, 2), ttlv.struct(Tag.KeyValue, [ttlv.bytes(Tag.KeyMaterial, secret)])])]),
+              ]),
+            },
+          ],
+          { minor: 0 },
+        );
+        expect(sd.protocolVersion).toEqual({ major: 1, minor: 0 });
+        const sdId = uidOf(sd.items[0].payload);
+        const batch = await k.send(
+          [
+            { operation: Operation.Query, payload: payload([ttlv.enumeration(Tag.QueryFunction, 1)]) },
+            { operation: Operation.Locate, payload: payload([attr('x-NETAPP-ClusterName', ttlv.text(0, cluster)), attr('x-NETAPP-KeyUsage', ttlv.text(0, 'NSE-AK'))]) },
+            { operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, sdId)]) },
+            { operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, id), ttlv.enumeration(Tag.KeyFormatType, 7)]) },
+          ],
+          { minor: 0 },
+        );
+        expect(batch.items.map((i) => i.resultStatus)).toEqual([0, 0, 0, 0]);
+        expect(children(batch.items[1].payload!, Tag.UniqueIdentifier).map((u) => u.value)).toEqual([id]);
+        expect(child(batch.items[1].payload!, Tag.LocatedItems)).toBeUndefined(); // 1.3+ only
+        const sdBlock = child(child(batch.items[2].payload!, Tag.SecretData)!, Tag.KeyBlock)!;
+        expect(child(sdBlock, Tag.KeyFormatType)!.value).toBe(2);
+        expect((child(child(sdBlock, Tag.KeyValue)!, Tag.KeyMaterial)!.value as Buffer).equals(secret)).toBe(true);
+        const tsk = child(child(child(child(batch.items[3].payload!, Tag.SymmetricKey)!, Tag.KeyBlock)!, Tag.KeyValue)!, Tag.KeyMaterial)!;
+        expect((child(tsk, Tag.Key)!.value as Buffer).equals(material)).toBe(true);
+        // A wrong length for the material is refused and stores nothing.
+        const before = await s.app.services.store.db.selectFrom('deks').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+        const bad = await k.send([
+          {
+            operation: Operation.Register,
+            payload: payload([
+              ttlv.enumeration(Tag.ObjectType, ObjectType.SymmetricKey),
+              ttlv.struct(Tag.SymmetricKey, [ttlv.struct(Tag.KeyBlock, [ttlv.enumeration(Tag.KeyFormatType, 1), ttlv.struct(Tag.KeyValue, [ttlv.bytes(Tag.KeyMaterial, randomBytes(31))]), ttlv.enumeration(Tag.CryptographicAlgorithm, CryptographicAlgorithm.AES), ttlv.int(Tag.CryptographicLength, 256)])]),
+            ]),
+          },
+        ]);
+        expect(bad.items[0]).toMatchObject({ resultStatus: 1, resultReason: ResultReason.InvalidField });
+        const after = await s.app.services.store.db.selectFrom('deks').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+        expect(Number(after.n)).toBe(Number(before.n));
+      } finally {
+        k.close();
+      }
+    });
+
+    it('batches: ID placeholder (Create then Activate), errors stop the batch unless Continue is asked', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const r = await k.send([vsphereCreate(), { operation: Operation.Activate, payload: payload([]) }, { operation: Operation.GetAttributes, payload: payload([ttlv.text(Tag.AttributeName, 'State')]) }], { minor: 4 });
+        expect(r.items.map((i) => i.resultStatus)).toEqual([0, 0, 0]);
+        expect(child(child(r.items[2].payload!, Tag.Attribute)!, Tag.AttributeValue)!.value).toBe(State.Active);
+        const missing = { operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, 'nope')]) };
+        const q = { operation: Operation.DiscoverVersions, payload: payload([]) };
+        const stop = await k.send([missing, q]);
+        expect(stop.items).toHaveLength(1);
+        expect(stop.items[0].resultReason).toBe(ResultReason.ItemNotFound);
+        expect(stop.items[0].resultMessage).toMatch(/Unique Identifier/);
+        const cont = await k.send([missing, q], { batchErrorContinuationOption: 1 });
+        expect(cont.items.map((i) => i.resultStatus)).toEqual([1, 0]);
+        const unsupported = await k.send([{ operation: Operation.Certify, payload: payload([]) }]);
+        expect(unsupported.items[0]).toMatchObject({ resultStatus: 1, resultReason: ResultReason.OperationNotSupported });
+      } finally {
+        k.close();
+      }
+    });
+
+    it('a batch of reads shares its audit commit: Create, Get ×3 and Destroy by ID placeholder answer in order, each Get audited before the answer and before the Destroy', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const get = { operation: Operation.Get, payload: payload([]) };
+        const r = await k.send([vsphereCreate(), get, get, get, { operation: Operation.Destroy, payload: payload([]) }, get], { minor: 2, batchErrorContinuationOption: 1 });
+        expect(r.items.map((i) => i.resultStatus)).toEqual([0, 0, 0, 0, 0, 1]);
+        const id = uidOf(r.items[0].payload);
+        const keys = r.items.slice(1, 4).map((i) => child(child(child(child(i.payload!, Tag.SymmetricKey)!, Tag.KeyBlock)!, Tag.KeyValue)!, Tag.KeyMaterial)!.value as Buffer);
+        expect(keys[0]).toHaveLength(32);
+        expect(keys[1].equals(keys[0]) && keys[2].equals(keys[0])).toBe(true);
+        expect(r.items[5].resultReason).toBe(ResultReason.KeyValueNotPresent);
+        // The answer came after the reads were recorded, in the batch's order.
+        const events = await s.app.services.audit.query({ objectId: id, limit: 20 });
+        const actions = [...events].sort((a, b) => Number(a.seq) - Number(b.seq)).map((e) => `${e.action}:${e.outcome}`);
+        expect(actions.slice(0, 5)).toEqual(['kmip.create:success', 'kmip.get:success', 'kmip.get:success', 'kmip.get:success', 'key.destroy:success']);
+      } finally {
+        k.close();
+      }
+    });
+
+    it('ReKey makes a new active key linked both ways; Check; Modify and Delete Attribute', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const cr = await k.send([vsphereCreate(), { operation: Operation.Activate, payload: payload([]) }, { operation: Operation.AddAttribute, payload: payload([attr('x-Owner', ttlv.text(0, 'team-a'))]) }]);
+        const oldId = uidOf(cr.items[0].payload);
+        const rk = await k.send([{ operation: Operation.Rekey, payload: payload([ttlv.text(Tag.UniqueIdentifier, oldId)]) }], { minor: 2 });
+        expect(rk.items[0].resultStatus).toBe(0);
+        const newId = uidOf(rk.items[0].payload);
+        expect(newId).not.toBe(oldId);
+        const ga = await k.send([
+          { operation: Operation.GetAttributes, payload: payload([ttlv.text(Tag.UniqueIdentifier, newId), ttlv.text(Tag.AttributeName, 'Link'), ttlv.text(Tag.AttributeName, 'State'), ttlv.text(Tag.AttributeName, 'x-Owner')]) },
+          { operation: Operation.GetAttributes, payload: payload([ttlv.text(Tag.UniqueIdentifier, oldId), ttlv.text(Tag.AttributeName, 'Link')]) },
+        ]);
+        const byName = (p: Ttlv) => Object.fromEntries(children(p, Tag.Attribute).map((a) => [child(a, Tag.AttributeName)!.value, child(a, Tag.AttributeValue)!]));
+        const n = byName(ga.items[0].payload!);
+        expect(n.State.value).toBe(State.Active);
+        expect(n['x-Owner'].value).toBe('team-a');
+        expect(child(n.Link, Tag.LinkedObjectIdentifier)!.value).toBe(oldId);
+        expect(child(byName(ga.items[1].payload!).Link, Tag.LinkedObjectIdentifier)!.value).toBe(newId);
+        const chk = await k.send([{ operation: Operation.Check, payload: payload([ttlv.text(Tag.UniqueIdentifier, newId), ttlv.int(Tag.CryptographicUsageMask, 4)]) }]);
+        expect(chk.items[0].resultStatus).toBe(0);
+        const chkBad = await k.send([{ operation: Operation.Check, payload: payload([ttlv.text(Tag.UniqueIdentifier, newId), ttlv.int(Tag.CryptographicUsageMask, 1)]) }]);
+        expect(chkBad.items[0].resultStatus).toBe(1);
+        const mod = await k.send([{ operation: Operation.ModifyAttribute, payload: payload([ttlv.text(Tag.UniqueIdentifier, newId), attr('x-Owner', ttlv.text(0, 'team-b'), 0)]) }]);
+        expect(mod.items[0].resultStatus).toBe(0);
+        const del = await k.send([{ operation: Operation.DeleteAttribute, payload: payload([ttlv.text(Tag.UniqueIdentifier, newId), ttlv.text(Tag.AttributeName, 'x-Owner')]) }]);
+        expect(child(child(del.items[0].payload!, Tag.Attribute)!, Tag.AttributeValue)!.value).toBe('team-b');
+        const ro = await k.send([{ operation: Operation.AddAttribute, payload: payload([ttlv.text(Tag.UniqueIdentifier, newId), attr('State', ttlv.enumeration(0, 1))]) }]);
+        expect(ro.items[0].resultReason).toBe(ResultReason.PermissionDenied);
+      } finally {
+        k.close();
+      }
+    });
+
+    it('a key created over KMIP unwraps to the same bytes after rekey-internal of its SVM', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const cr = await k.send([vsphereCreate(), { operation: Operation.Get, payload: payload([]) }]);
+        const id = uidOf(cr.items[0].payload);
+        const material = child(child(child(child(cr.items[1].payload!, Tag.SymmetricKey)!, Tag.KeyBlock)!, Tag.KeyValue)!, Tag.KeyMaterial)!.value as Buffer;
+        const before = await s.app.services.store.db.selectFrom('deks').select(['kek_version', 'wrapped']).where('id', '=', id).executeTakeFirstOrThrow();
+        const kms = await s.call('GET', `/api/security/key-managers?svm.uuid=${svm.uuid}`);
+        const rk = await s.call('POST', `/api/security/key-managers/${kms.body.records[0].uuid}/rekey-internal?return_timeout=120`);
+        expect([200, 201, 202]).toContain(rk.status);
+        const after = await s.app.services.store.db.selectFrom('deks').select(['kek_version', 'wrapped']).where('id', '=', id).executeTakeFirstOrThrow();
+        expect(after.kek_version).toBeGreaterThan(before.kek_version);
+        expect(Buffer.from(after.wrapped!).equals(Buffer.from(before.wrapped!))).toBe(false);
+        const again = await k.send([{ operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, id)]) }]);
+        const m2 = child(child(child(child(again.items[0].payload!, Tag.SymmetricKey)!, Tag.KeyBlock)!, Tag.KeyValue)!, Tag.KeyMaterial)!.value as Buffer;
+        expect(m2.equals(material)).toBe(true);
+      } finally {
+        k.close();
+      }
+    });
+
+    it("ONTAP's Username/Password credential: a local user's names the principal; a wrong one is Authentication Not Successful", async () => {
+      const password = `kmip-pw-${randomBytes(8).toString('hex')}`;
+      noteSecret(password);
+      const u = await s.call('POST', '/api/v1/auth/users', { name: `ontap-${randomBytes(3).toString('hex')}`, password, role: 'application', svms: [svm.name] });
+      expect(u.status).toBe(201);
+      // The stranger's certificate is not installed: the credential alone makes it a principal of the user's SVM.
+      const k = await RawKmip.connect(port, pki, stranger);
+      try {
+        const ok = await k.send([vsphereCreate()], { authentication: { username: u.body.name, password } });
+        expect(ok.items[0].resultStatus).toBe(ResultStatus.Success);
+        const id = uidOf(ok.items[0].payload);
+        expect((await s.call('GET', `/api/v1/svms/${svm.uuid}/keys/${id}`)).status).toBe(200);
+        const events = await s.app.services.audit.query({ objectId: id, limit: 10 });
+        expect(events.find((e: any) => e.action === 'kmip.create')!.actor).toBe(`user:${u.body.name}:${u.body.id}`);
+        const bad = await k.send([vsphereCreate()], { authentication: { username: u.body.name, password: 'not the password at all' } });
+        expect(bad.items[0]).toMatchObject({ resultStatus: 1, resultReason: ResultReason.AuthenticationNotSuccessful });
+        expect(JSON.stringify(bad.items[0].resultMessage)).not.toContain('not the password');
+      } finally {
+        k.close();
+      }
+    });
+
+    it('a sealed node answers key operations with General Failure and the catalog message, and serves again once unsealed', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const cr = await k.send([vsphereCreate()]);
+        const id = uidOf(cr.items[0].payload);
+        expect((await s.call('POST', '/api/v1/sys/seal')).status).toBe(200);
+        const sealed = await k.send([{ operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, id)]) }, { operation: Operation.DiscoverVersions, payload: payload([]) }], { batchErrorContinuationOption: 1 });
+        expect(sealed.items[0]).toMatchObject({ resultStatus: 1, resultReason: ResultReason.GeneralFailure });
+        expect(sealed.items[0].resultMessage).toMatch(/sealed/);
+        expect(sealed.items[1].resultStatus).toBe(0);
+        expect((await s.call('POST', '/api/v1/sys/unseal', { passphrase: PASSPHRASE })).status).toBe(200);
+        const again = await k.send([{ operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, id)]) }]);
+        expect(again.items[0].resultStatus).toBe(0);
+      } finally {
+        k.close();
+      }
+    });
+
+    it('answers unreadable messages with Invalid Message (1.0 when no version was read) and keeps serving', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        // A structure holding an item with an unknown type byte.
+        const junk = Buffer.from('42007801000000104200690f0000000800000000000000000000', 'hex').subarray(0, 24);
+        const a = parseResponse(decodeTtlv(await k.sendRaw(junk)));
+        expect(a.protocolVersion).toEqual({ major: 1, minor: 0 });
+        expect(a.items[0]).toMatchObject({ resultStatus: 1, resultReason: ResultReason.InvalidMessage });
+        expect(a.items[0].operation).toBeUndefined();
+        // A 1.4 header with a Batch Count that does not match: answered in 1.4.
+        const bad = buildRequest({ header: { protocolVersion: { major: 1, minor: 4 }, batchCount: 2 }, items: [{ operation: Operation.DiscoverVersions, payload: payload([]) }] });
+        const b = parseResponse(decodeTtlv(await k.sendRaw(encodeTtlv(bad))));
+        expect(b.protocolVersion).toEqual({ major: 1, minor: 4 });
+        expect(b.items[0].resultReason).toBe(ResultReason.InvalidMessage);
+        const ok = await k.send([{ operation: Operation.DiscoverVersions, payload: payload([]) }]);
+        expect(ok.items[0].resultStatus).toBe(0);
+      } finally {
+        k.close();
+      }
+    });
+  });
+}
+
+describe('KMIP server under fuzzing', () => {
+  let s: TestServer;
+  let pki: Pki;
+  let client: ReturnType<Pki['client']>;
+  beforeAll(async () => {
+    pki = makePki('ks-fuzz-');
+    s = await startWithOkm({ store: 'sqlite', kmip: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert } });
+    client = pki.client('fuzzer');
+    await s.call('POST', '/api/security/certificates', { type: 'client', public_certificate: client.pem });
+  });
+  afterAll(() => s?.close());
+
+  it('thousands of malformed and random messages: no crash, no hang, bounded memory, and a valid request is still answered', async () => {
+    const { fuzzMessages, validRequest } = await import('../src/kmip/testing/fuzz.js');
+    const port = s.app.kmip!.port;
+    const rssBefore = process.memoryUsage().rss;
+    let k = await RawKmip.connect(port, pki, client);
+    let answered = 0;
+    let closed = 0;
+    let unframed = 0;
+    const started = Date.now();
+    for (const c of fuzzMessages(20261125, 6000)) {
+      if (!c.framed) {
+        // Truncated or oversized or not a structure: the server may wait or close; either way it must not
+        // take the process down. A fresh connection each, closed by us if the server keeps waiting.
+        if (unframed++ >= 150) continue;
+        const u = await RawKmip.connect(port, pki, client);
+        u.socket.write(c.bytes);
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, 20);
+          u.socket.once('close', () => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
+        u.close();
+        continue;
+      }
+      const outcome = await Promise.race([
+        k.sendRaw(c.bytes).then((b) => {
+          // Whatever comes back is a well-formed KMIP response.
+          parseResponse(decodeTtlv(b));
+          return 'answer' as const;
+        }),
+        new Promise<'closed'>((resolve) => k.socket.once('close', () => resolve('closed'))),
+      ]);
+      if (outcome === 'answer') answered += 1;
+      else {
+        closed += 1;
+        k = await RawKmip.connect(port, pki, client);
+      }
+    }
+    k.close();
+    expect(answered).toBeGreaterThan(3000);
+    expect(Date.now() - started).toBeLessThan(120_000);
+    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(300 * 1024 * 1024);
+    // Still serving: a valid Discover Versions on a new connection.
+    const after = await RawKmip.connect(port, pki, client);
+    const r = parseResponse(decodeTtlv(await after.sendRaw(validRequest(Operation.DiscoverVersions))));
+    expect(r.items[0].resultStatus).toBe(ResultStatus.Success);
+    after.close();
+    void closed;
+  }, 180_000);
+});
