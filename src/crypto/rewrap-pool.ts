@@ -13,13 +13,10 @@
  *   open, or a worker that dies, fails the whole batch and the caller writes nothing of it.
  * - Workers are threads of this process: a crash or kill -9 takes them with it, and what they
  *   hold (plaintext keys, KEK copies) lives only in memory and is zeroed after each chunk.
- * - Idle workers end after IDLE_MS and hold no reference that keeps the process alive.
+ * - Idle workers end after a few seconds and keep the process alive only while they owe an answer (thread-pool.ts).
  */
-import { Worker } from 'node:worker_threads';
-import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { compiledWorker, createThreadPool } from './thread-pool.js';
 import { rewrapChunk, type RewrapChunk, type RewrapChunkResult } from './rewrap-worker.js';
 
 export interface RewrapInput {
@@ -37,71 +34,19 @@ export interface RewrapOutput {
 
 /** Fewer rows than this per worker are not worth a thread hop. */
 const MIN_CHUNK = 64;
-const IDLE_MS = 5_000;
 const YOUNG_MB = 8;
-
-function workerFile(): string | null {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const sibling = join(here, 'rewrap-worker.js');
-  if (existsSync(sibling)) return sibling;
-  const built = resolve(here, '..', '..', 'dist', 'src', 'crypto', 'rewrap-worker.js');
-  return existsSync(built) ? built : null;
-}
-
-interface Slot {
-  worker: Worker;
-  /** Answers come in the order the chunks were sent. */
-  pending: { resolve(r: RewrapChunkResult): void; reject(e: Error): void }[];
-}
 
 export function createRewrapPool(opts: { threads?: number } = {}) {
   const size = Math.max(1, opts.threads ?? Math.min(availableParallelism(), 4));
-  const file = workerFile();
-  let slots: Slot[] = [];
-  let idle: NodeJS.Timeout | null = null;
-  let inflight = 0;
-  let disabled = file === null;
-  let answered = false; // some worker has answered once: the build loads
-
-  function spawn(): Slot {
+  const pool = createThreadPool<RewrapChunk, RewrapChunkResult>({
+    name: 'rewrap',
+    file: compiledWorker(import.meta.url, 'rewrap-worker.js', 'crypto'),
+    size,
+    workerData: { keysmithRewrap: true },
     // A small young generation: a worker's garbage is short-lived (a chunk's buffers), and V8 would
     // otherwise grow each worker's semi-spaces over a long rekey, so memory would grow with its length.
-    const worker = new Worker(file!, { workerData: { keysmithRewrap: true }, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_MB } });
-    const slot: Slot = { worker, pending: [] };
-    const fail = (e: Error) => {
-      slots = slots.filter((s) => s !== slot);
-      for (const p of slot.pending.splice(0)) p.reject(e);
-    };
-    worker.on('message', (r: RewrapChunkResult) => {
-      answered = true;
-      slot.pending.shift()?.resolve(r);
-      if (slot.pending.length === 0) worker.unref();
-    });
-    worker.on('error', (e) => fail(new Error(`rewrap worker failed: ${e.message}`)));
-    worker.on('exit', (code) => fail(new Error(`rewrap worker exited (code ${code})`)));
-    worker.unref();
-    return slot;
-  }
-
-  function run(slot: Slot, chunk: RewrapChunk): Promise<RewrapChunkResult> {
-    return new Promise((res, rej) => {
-      slot.pending.push({ resolve: res, reject: rej });
-      slot.worker.ref(); // a pending answer keeps the process alive
-      slot.worker.postMessage(chunk);
-    });
-  }
-
-  function armIdle() {
-    if (idle) clearTimeout(idle);
-    idle = setTimeout(() => {
-      idle = null;
-      if (inflight > 0) return armIdle();
-      const gone = slots;
-      slots = [];
-      for (const s of gone) void s.worker.terminate();
-    }, IDLE_MS);
-    idle.unref();
-  }
+    resourceLimits: { maxYoungGenerationSizeMb: YOUNG_MB },
+  });
 
   function pack(input: RewrapInput, from: number, to: number): RewrapChunk {
     const rows = input.rows.slice(from, to);
@@ -131,48 +76,34 @@ export function createRewrapPool(opts: { threads?: number } = {}) {
 
   return {
     threads: size,
-    usesWorkers: () => !disabled,
+    usesWorkers: () => pool.usable(),
 
     /** Re-wraps every row under the target; rejects (writing nothing) if any key does not open. */
     async rewrap(input: RewrapInput): Promise<RewrapOutput> {
       const n = input.rows.length;
       if (n === 0) return { items: [] };
-      const parts = disabled ? 1 : Math.max(1, Math.min(size, Math.floor(n / MIN_CHUNK)));
+      const parts = pool.usable() ? Math.max(1, Math.min(size, Math.floor(n / MIN_CHUNK))) : 1;
       const bounds: [number, number][] = [];
       for (let i = 0; i < parts; i++) bounds.push([Math.floor((i * n) / parts), Math.floor(((i + 1) * n) / parts)]);
       const chunks = bounds.map(([a, b]) => pack(input, a, b));
-      let results: RewrapChunkResult[];
-      if (disabled) {
-        results = chunks.map((c) => rewrapChunk(c));
-      } else {
-        inflight += 1;
-        try {
-          while (slots.length < parts) {
+      const results: RewrapChunkResult[] = !pool.usable()
+        ? chunks.map((c) => rewrapChunk(c))
+        : await pool.hold(async () => {
             try {
-              slots.push(spawn());
-            } catch {
-              disabled = true; // no threads here: the same work in this thread
-              break;
+              if (pool.ensure(parts) === 0) return chunks.map((c) => rewrapChunk(c)); // no threads here: the same work in this thread
+              try {
+                return await Promise.all(chunks.map((c) => pool.send(c)));
+              } catch {
+                // A worker died (or never started: a missing or stale build). The batch is redone
+                // here, whole; workers that never answered once are not tried again.
+                pool.failed();
+                return chunks.map((c) => rewrapChunk(c));
+              }
+            } finally {
+              // postMessage has copied the keys; the originals of the chunks go now.
+              for (const c of chunks) zeroKeys(c);
             }
-          }
-          if (disabled && slots.length === 0) results = chunks.map((c) => rewrapChunk(c));
-          else {
-            try {
-              results = await Promise.all(chunks.map((c, i) => run(slots[i % slots.length], c)));
-            } catch {
-              // A worker died (or never started: a missing or stale build). The batch is redone
-              // here, whole; workers that never answered once are not tried again.
-              if (!answered) disabled = true;
-              results = chunks.map((c) => rewrapChunk(c));
-            }
-          }
-        } finally {
-          // postMessage has copied the keys; the originals of the chunks go now.
-          for (const c of chunks) zeroKeys(c);
-          inflight -= 1;
-          armIdle();
-        }
-      }
+          });
       const items: RewrapOutput['items'] = new Array(n);
       for (let p = 0; p < parts; p++) {
         const r = results[p];
@@ -191,13 +122,7 @@ export function createRewrapPool(opts: { threads?: number } = {}) {
     },
 
     /** Ends the workers now (tests, shutdown); the pool starts new ones if used again. */
-    async close(): Promise<void> {
-      if (idle) clearTimeout(idle);
-      idle = null;
-      const gone = slots;
-      slots = [];
-      await Promise.all(gone.map((s) => s.worker.terminate()));
-    },
+    close: () => pool.close(),
   };
 }
 export type RewrapPool = ReturnType<typeof createRewrapPool>;
