@@ -21,11 +21,10 @@
  * tenant, id and version).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdtempSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
+import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
 import pg from 'pg';
 import { PASSPHRASE, PG_URL, RUN_DIR, STORES, noteSecret, startWithOkm } from './helpers.js';
@@ -38,9 +37,6 @@ import { createKekRepo } from '../src/store/kek-repo.js';
 import { createKeyManagerRepo } from '../src/store/key-manager-repo.js';
 import type { JobRow } from '../src/store/job-repo.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const BIN = join(ROOT, 'bin', 'keysmith.js');
-const BUILT = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 
 const DATA_SVMS = 150; // switch: data SVMs borrowing the admin SVM's key manager, two keys each
 const VERSIONS = 150; // migrate: KEK versions of one data SVM, two keys each
@@ -48,55 +44,7 @@ const VERSIONS = 150; // migrate: KEK versions of one data SVM, two keys each
 const MIN_KILLS = 3;
 const MAX_LIVES = 25;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function childEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('KEYSMITH_')) env[k] = v;
-  return env;
-}
-
-interface Life {
-  proc: ChildProcess;
-  listening: Promise<string>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  stderr: () => string;
-}
-
-const children = new Set<ChildProcess>();
-afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-});
-
-function spawnServer(configFile: string, log: WriteStream): Life {
-  const proc = spawn(process.execPath, [BIN, 'serve', '--config', configFile], { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(proc);
-  let err = '';
-  proc.stdout!.on('data', (c: Buffer) => log.write(c));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-    proc.on('exit', (code, signal) => {
-      children.delete(proc);
-      r({ code, signal });
-    }),
-  );
-  const listening = new Promise<string>((res, rej) => {
-    proc.stderr!.on('data', (c: Buffer) => {
-      log.write(c);
-      err += c.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(err);
-      if (m) res(m[1]);
-    });
-    void exited.then(({ code, signal }) => rej(new Error(`server exited (code ${code}, signal ${signal}) before listening: ${err}`)));
-  });
-  listening.catch(() => undefined);
-  return { proc, listening, exited, stderr: () => err };
-}
-
-async function kill9(life: Life): Promise<void> {
-  if (life.proc.exitCode === null && life.proc.signalCode === null) life.proc.kill('SIGKILL');
-  const { signal, code } = await life.exited;
-  if (signal !== 'SIGKILL') throw new Error(`the server ended on its own (code ${code}, signal ${signal}): ${life.stderr()}`);
-}
+afterAll(() => reapChildren());
 
 function client(base: string, token: string) {
   return async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
@@ -129,7 +77,7 @@ interface Seeded {
 describe.each(STORES)('keystore switch and key migration under kill -9 (%s)', (store) => {
   for (const op of ['switch', 'migrate'] as const) {
     it(`${op}: the job survives repeated SIGKILLs and restarts, and no key is lost`, { timeout: 240_000 }, async () => {
-      if (!existsSync(BUILT)) throw new Error(`${BUILT} is missing: build first with \`npx tsc -p .\``);
+      requireBuilt();
       const dataDir = mkdtempSync(join(tmpdir(), `ks-${op}-crash-`));
       const pgSchema = store === 'postgres' ? `ks_${op}_crash_${randomBytes(5).toString('hex')}` : undefined;
       const storeUrl = store === 'postgres' ? PG_URL : `sqlite:${join(dataDir, 'keysmith.db')}`;

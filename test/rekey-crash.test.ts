@@ -16,11 +16,10 @@
  * the service (seal under the tenant's KEK, bound to tenant, id and version).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdtempSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
+import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
 import pg from 'pg';
 import { PG_URL, RUN_DIR, STORES, noteSecret, startWithOkm } from './helpers.js';
@@ -34,9 +33,6 @@ import { createKeyManagerRepo } from '../src/store/key-manager-repo.js';
 import type { DekRow } from '../src/store/dek-repo.js';
 import type { JobRow } from '../src/store/job-repo.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const BIN = join(ROOT, 'bin', 'keysmith.js');
-const BUILT = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 
 /**
  * Keys to re-wrap, and keys per rekey step (one transaction each). SQLite, the embedded default,
@@ -63,67 +59,7 @@ const MIN_KILLS = 10;
 const MAX_KILLS = 40;
 const UNWRAP_BATCH = 5_000;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** The parent's environment without any KEYSMITH_* setting (the config file says everything). */
-function childEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('KEYSMITH_')) env[k] = v;
-  return env;
-}
-
-interface Life {
-  proc: ChildProcess;
-  /** Resolves with the base URL once the server says it listens; rejects if it exits first. */
-  listening: Promise<string>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  stderr: () => string;
-  /** Milliseconds from spawn to listening, once it listens. */
-  startupMs?: number;
-}
-
-const children = new Set<ChildProcess>();
-
-afterAll(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  children.clear();
-});
-
-function spawnServer(configFile: string, log: WriteStream): Life {
-  const t = Date.now();
-  const proc = spawn(process.execPath, [BIN, 'serve', '--config', configFile], { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(proc);
-  let err = '';
-  proc.stdout!.on('data', (c: Buffer) => log.write(c));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-    proc.on('exit', (code, signal) => {
-      children.delete(proc);
-      r({ code, signal });
-    }),
-  );
-  const listening = new Promise<string>((resolveUrl, reject) => {
-    proc.stderr!.on('data', (c: Buffer) => {
-      log.write(c);
-      err += c.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(err);
-      if (m && life.startupMs === undefined) {
-        life.startupMs = Date.now() - t;
-        resolveUrl(m[1]);
-      }
-    });
-    void exited.then(({ code, signal }) => reject(new Error(`server exited (code ${code}, signal ${signal}) before listening: ${err}`)));
-  });
-  listening.catch(() => undefined); // a life killed during start-up never listens: that is part of the test
-  const life: Life = { proc, listening, exited, stderr: () => err };
-  return life;
-}
-
-async function kill9(life: Life): Promise<void> {
-  if (life.proc.exitCode === null && life.proc.signalCode === null) life.proc.kill('SIGKILL');
-  const { signal, code } = await life.exited;
-  // The server must not have died by itself: every death here is one of our kills.
-  if (signal !== 'SIGKILL') throw new Error(`the server ended on its own (code ${code}, signal ${signal}): ${life.stderr()}`);
-}
+afterAll(() => reapChildren());
 
 function client(base: string, token: string) {
   return async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
@@ -141,7 +77,7 @@ describe.each(STORES)('rekey-internal under kill -9 (%s)', (store) => {
   const N = PROFILE[store].keys;
   const REKEY_BATCH = Math.max(1, Math.round(N / PROFILE[store].steps));
   it(`re-wraps ${N} DEKs across repeated SIGKILLs and restarts, losing none`, { timeout: 300_000 }, async () => {
-    if (!existsSync(BUILT)) throw new Error(`${BUILT} is missing: build first with \`npx tsc -p .\` (\`npm test\` does it)`);
+    requireBuilt();
     const t0 = Date.now();
     const dataDir = mkdtempSync(join(tmpdir(), 'ks-crash-'));
     const pgSchema = store === 'postgres' ? `ks_crash_${randomBytes(5).toString('hex')}` : undefined;

@@ -17,11 +17,10 @@
  * enough KEKs to be interrupted mid-way.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdtempSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
+import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
 import pg from 'pg';
 import { PASSPHRASE, PG_URL, RUN_DIR, STORES, noteSecret, startWithOkm } from './helpers.js';
@@ -33,9 +32,6 @@ import { openStore } from '../src/store/db.js';
 import { createKekRepo } from '../src/store/kek-repo.js';
 import { createKeyManagerRepo } from '../src/store/key-manager-repo.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const BIN = join(ROOT, 'bin', 'keysmith.js');
-const BUILT = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 
 const SVMS = 6; // data SVMs without their own key manager, plus the admin SVM
 const VERSIONS = 60; // KEK versions per SVM: (SVMS + 1) × 60 = 420 KEKs under the admin root
@@ -44,49 +40,7 @@ const BATCH = 1; // KEKs per step: 420 steps
 const MIN_KILLS = 4;
 const MAX_KILLS = 20;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function childEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('KEYSMITH_')) env[k] = v;
-  return env;
-}
-
-const children = new Set<ChildProcess>();
-afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-});
-
-interface Life {
-  proc: ChildProcess;
-  listening: Promise<string>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-function spawnServer(configFile: string, log: WriteStream): Life {
-  const proc = spawn(process.execPath, [BIN, 'serve', '--config', configFile], { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(proc);
-  let err = '';
-  proc.stdout!.on('data', (c: Buffer) => log.write(c));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.on('exit', (code, signal) => (children.delete(proc), r({ code, signal }))));
-  const listening = new Promise<string>((res, rej) => {
-    proc.stderr!.on('data', (c: Buffer) => {
-      log.write(c);
-      err += c.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(err);
-      if (m) res(m[1]);
-    });
-    void exited.then(({ code, signal }) => rej(new Error(`server exited (code ${code}, signal ${signal}) before listening: ${err}`)));
-  });
-  listening.catch(() => undefined);
-  return { proc, listening, exited };
-}
-
-async function kill9(life: Life) {
-  if (life.proc.exitCode === null && life.proc.signalCode === null) life.proc.kill('SIGKILL');
-  const { signal } = await life.exited;
-  expect(signal).toBe('SIGKILL');
-}
+afterAll(() => reapChildren());
 
 function client(base: string, token: string) {
   return async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
@@ -98,7 +52,7 @@ function client(base: string, token: string) {
 
 describe.each(STORES)('master-key rekey under kill -9 (%s)', (store) => {
   it('re-wraps every KEK under the new master key across SIGKILLs and restarts, losing no key', { timeout: 240_000 }, async () => {
-    if (!existsSync(BUILT)) throw new Error(`${BUILT} is missing: build first with \`npx tsc -p .\``);
+    requireBuilt();
     const dataDir = mkdtempSync(join(tmpdir(), 'ks-mcrash-'));
     const pgSchema = store === 'postgres' ? `ks_mcrash_${randomBytes(5).toString('hex')}` : undefined;
     const storeUrl = store === 'postgres' ? PG_URL : `sqlite:${join(dataDir, 'keysmith.db')}`;
