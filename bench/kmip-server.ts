@@ -2,7 +2,9 @@
  * KMIP Create and Get operations per second against Keysmith's KMIP server, on 1 and 8 connections.
  * The server runs in a child process (this file with --serve), built by createApp as `keysmith
  * serve` builds it, with a throw-away PKI; the parent drives raw TTLV over TLS with the codec.
- * Not wired into bench/run.ts.
+ * `npm run bench -- --only kmip` (bench/kmip.ts, runKmipGroup) starts the same --serve child and
+ * drives it with Keysmith's KMIP client beside pykmip-server; this file's own parent mode is a
+ * quick check of the server alone.
  *
  * Usage: node dist/bench/kmip-server.js [--seconds 5] [--store sqlite:…|postgres://…]
  */

@@ -128,6 +128,8 @@ export interface KmipGroupRow extends KmipBenchResult {
   serverUsPerOp?: number;
   /** Share of the machine used by processes other than this bench and Keysmith's server while measuring (Keysmith only). */
   otherCpuPct?: number;
+  /** This process's (the client's) CPU time per operation, µs (Keysmith only): on 2 cores the client needs one of them. */
+  clientUsPerOp?: number;
 }
 
 /** Busy ticks of the whole machine (all cores), from /proc/stat. */
@@ -219,11 +221,14 @@ export async function runKmipGroup(opts: {
   connections?: number[];
   store?: string;
   profileDir?: string;
+  ops?: Array<'create' | 'get'>;
+  /** False: Keysmith only (no ratio). */
+  pykmip?: boolean;
   log?: (line: string) => void;
 }): Promise<{ rows: KmipGroupRow[]; profiles: { name: string; file: string }[]; pykmipMissing: boolean }> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   const conns = opts.connections ?? [1, 8];
-  const ops: Array<'create' | 'get'> = ['create', 'get'];
+  const ops = opts.ops ?? ['create', 'get'];
   const dir = mkdtempSync(join(tmpdir(), 'keysmith-kmip-bench-'));
   const rows: KmipGroupRow[] = [];
   const profiles: { name: string; file: string }[] = [];
@@ -267,6 +272,7 @@ export async function runKmipGroup(opts: {
             serverCpuPct: cpuSecs !== undefined ? (100 * cpuSecs) / r.seconds : undefined,
             serverUsPerOp: cpuSecs !== undefined && r.ops > 0 ? (cpuSecs * 1e6) / r.ops : undefined,
             otherCpuPct: other,
+            clientUsPerOp: m1.self !== undefined && self2 !== undefined && r.ops > 0 ? ((self2 - m1.self) * 1e4) / r.ops : undefined,
           };
           rows.push(row);
           log(formatKmipResults('keysmith', [r]));
@@ -274,6 +280,7 @@ export async function runKmipGroup(opts: {
     } finally {
       await ks.stop();
     }
+    if (opts.pykmip === false) return { rows, profiles, pykmipMissing: false };
     if (!pykmipAvailable()) {
       log('KMIP: pykmip-server is not installed (apt-get install -y python3-pykmip): no ratio');
       return { rows, profiles, pykmipMissing: true };
@@ -303,7 +310,7 @@ export const KMIP_TARGETS = { get1: 5_000, get8: 10_000, create: 3_000, ratio: 2
 export function formatKmipGroup(rows: KmipGroupRow[]): { table: string; targets: { what: string; value: string; target: string; pass: boolean }[] } {
   const f0 = (n: number | undefined) => (n === undefined || !Number.isFinite(n) ? '—' : Math.round(n).toLocaleString('en-US'));
   const f2 = (n: number | undefined) => (n === undefined || !Number.isFinite(n) ? '—' : n.toFixed(2));
-  const head = ['KMIP op', 'conns', 'Keysmith ops/s', 'p50 ms', 'p99 ms', 'µs CPU/op', 'server CPU', 'other CPU', 'pykmip ops/s', 'p50 ms', 'p99 ms', 'ratio', 'errors'];
+  const head = ['KMIP op', 'conns', 'Keysmith ops/s', 'p50 ms', 'p99 ms', 'µs CPU/op', 'server CPU', 'client µs/op', 'other CPU', 'pykmip ops/s', 'p50 ms', 'p99 ms', 'ratio', 'errors'];
   const body: string[][] = [];
   const targets: { what: string; value: string; target: string; pass: boolean }[] = [];
   for (const ks of rows.filter((r) => r.server === 'keysmith')) {
@@ -317,6 +324,7 @@ export function formatKmipGroup(rows: KmipGroupRow[]): { table: string; targets:
       f2(ks.p99Ms),
       f0(ks.serverUsPerOp),
       ks.serverCpuPct === undefined ? '—' : `${ks.serverCpuPct.toFixed(0)}%`,
+      f0(ks.clientUsPerOp),
       ks.otherCpuPct === undefined ? '—' : `${ks.otherCpuPct.toFixed(0)}%`,
       f0(py?.opsPerSec),
       f2(py?.p50Ms),
