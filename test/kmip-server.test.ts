@@ -171,6 +171,24 @@ for (const store of STORES) {
       expect(o.query).toEqual({ ok: true, value: 'SUCCESS' });
     });
 
+    it('a client certificate deleted over REST stops working on a connection already open', async () => {
+      const later = pki.client('deleted-later');
+      const inst = await s.call('POST', '/api/security/certificates', { svm: { name: svm.name }, type: 'client', public_certificate: later.pem });
+      expect(inst.status).toBe(201);
+      const certUuid = inst.body.records?.[0]?.uuid ?? inst.headers.get('location')!.split('/').pop();
+      const k = await RawKmip.connect(port, pki, later);
+      try {
+        const before = await k.send([vsphereCreate()]);
+        expect(before.items[0].resultStatus).toBe(ResultStatus.Success);
+        const del = await s.call('DELETE', `/api/security/certificates/${certUuid}`);
+        expect(del.status).toBe(200);
+        const after = await k.send([vsphereCreate()]);
+        expect(after.items[0]).toMatchObject({ resultStatus: ResultStatus.OperationFailed, resultReason: ResultReason.AuthenticationNotSuccessful });
+      } finally {
+        k.close();
+      }
+    });
+
     it('a client certificate from another CA does not get past the TLS handshake', async () => {
       const other = makePki('ks-other-');
       const c = other.client('outsider');

@@ -119,8 +119,16 @@ export function createCertificateService(deps: {
   svms: { admin(): Promise<SvmRow | undefined>; resolve(ref: string): Promise<SvmRow | undefined> };
 }) {
   const { db, repo, audit } = deps;
+  /**
+   * Bumped when this node installs or deletes a certificate, so holders of a principal derived
+   * from one (open KMIP connections) look again at once; changes made elsewhere (another node, an
+   * SVM deleted with its certificates) reach them through their short time-to-live.
+   */
+  let revision = 0;
 
   return {
+    revision: () => revision,
+
     async install(svm: SvmRow, input: { type: string; public_certificate: string; name?: string; private_key?: string; common_name?: string }, who: Actor): Promise<CertificateRow> {
       if (!(CERTIFICATE_TYPES as readonly string[]).includes(input.type)) fail('invalid_value', `type must be one of ${CERTIFICATE_TYPES.join(', ')}.`, 'type');
       const parsed = parseCertificatePem(input.public_certificate);
@@ -175,6 +183,7 @@ export function createCertificateService(deps: {
           detail: { name, type: row.type, common_name: row.common_name, serial_number: row.serial_number, fingerprint: row.fingerprint, private_key: key !== undefined },
         });
       });
+      revision += 1;
       return row;
     },
 
@@ -186,6 +195,7 @@ export function createCertificateService(deps: {
         await repo.remove(row.uuid, tx);
         await audit.recordIn(tx, { ...who, action: 'certificate.delete', outcome: 'success', objectType: 'certificate', objectId: row.uuid, svmUuid: row.svm_uuid, detail: { name: row.name, type: row.type } });
       });
+      revision += 1;
     },
 
     /** The installed private key of a client or server certificate (for Keysmith's own TLS clients). */

@@ -35,6 +35,8 @@ import { KmipError, type KmipPrincipal, type OpContext } from './operations/cont
 import { OPERATIONS, UNAUTHENTICATED_OPERATIONS } from './operations/index.js';
 import { SUPPORTED_VERSIONS, isSupportedVersion } from './operations/discover-query.js';
 
+/** How long an open connection trusts its certificate's principal before looking again. */
+const CERT_PRINCIPAL_TTL_MS = 5_000;
 export interface KmipServerOptions {
   host: string;
   port: number;
@@ -51,7 +53,7 @@ export interface KmipServerDeps {
   log: Logger;
   audit: AuditService;
   auth: Pick<AuthService, 'authenticate'>;
-  certificates: Pick<CertificateService, 'clientPrincipal'>;
+  certificates: Pick<CertificateService, 'clientPrincipal' | 'revision'>;
   svms: { admin(): Promise<SvmRow | undefined>; resolve(ref: string): Promise<SvmRow | undefined> };
   objects: KmipObjectService;
 }
@@ -128,9 +130,19 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
     }
     const peer = socket.getPeerCertificate();
     const der = peer?.raw;
-    let certPrincipal: Promise<KmipPrincipal | null> | undefined;
-    const principalOfCert = () =>
-      (certPrincipal ??= (async () => {
+    // The certificate's principal, looked up again when this node installs or deletes a certificate
+    // (revision) and at least every CERT_PRINCIPAL_TTL_MS (another node's change, an SVM deleted with
+    // its certificates), so a deleted client certificate stops working on connections already open.
+    let certPrincipal: { value: Promise<KmipPrincipal | null>; revision: number; at: number } | undefined;
+    const principalOfCert = () => {
+      const revision = deps.certificates.revision();
+      const now = Date.now();
+      if (certPrincipal && certPrincipal.revision === revision && now - certPrincipal.at < CERT_PRINCIPAL_TTL_MS) return certPrincipal.value;
+      certPrincipal = { value: lookupCertPrincipal(), revision, at: now };
+      return certPrincipal.value;
+    };
+    const lookupCertPrincipal = () =>
+      (async (): Promise<KmipPrincipal | null> => {
         if (!der) return null;
         const hit = await deps.certificates.clientPrincipal(der);
         if (!hit) {
@@ -138,7 +150,7 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
           return null;
         }
         return { actor: `certificate:${hit.certificate.common_name ?? hit.certificate.name}:${hit.certificate.uuid}`, svm: hit.svm };
-      })());
+      })();
 
     const framer = new TtlvFramer({ maxMessageBytes });
     let chain: Promise<void> = Promise.resolve();
