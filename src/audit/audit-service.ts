@@ -42,6 +42,22 @@ export interface AuditEvent {
 
 export const GENESIS = '0'.repeat(64);
 
+/**
+ * Event ids: a fresh newId (time + 80 random bits, unique across nodes) every 1024 events, numbered
+ * after it in newId's alphabet. A newId per event cost about 1 µs of every audited request.
+ */
+const ID_ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz';
+let idBase = '';
+let idNext = 1024;
+function eventId(): string {
+  if (idNext >= 1024) {
+    idBase = newId('evt');
+    idNext = 0;
+  }
+  const n = idNext++;
+  return idBase + ID_ALPHABET[n >> 5] + ID_ALPHABET[n & 31];
+}
+
 /** WAL fsyncs of group commits running at once (see startSync). */
 const MAX_SYNCS = 1;
 
@@ -107,7 +123,7 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; dialect?: 's
       // One literal per row (a spread followed by more properties is slow on Node 20); eventHash reads only the fields it hashes.
       const row: AuditRow = {
         seq,
-        id: newId('evt'),
+        id: eventId(),
         time,
         request_id: ev.requestId ?? null,
         actor: ev.actor,
@@ -186,8 +202,24 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; dialect?: 's
         syncs.clear();
         awaitingSync = [];
         for (const list of failed) for (const b of list) b.reject(err);
-      } else for (const b of batches) b.resolve();
+      }
       if (awaitingSync.length > 0 && syncs.size < MAX_SYNCS) startSync();
+      if (!err && queue && !flushing && !(wal && syncs.size >= MAX_SYNCS)) {
+        // Events waited for this fsync: commit them and start their fsync first, then answer this
+        // one's requests. Writing a group's answers takes longer than a commit, and the next fsync
+        // need not wait for it (every request waits for about one and a half fsync cycles).
+        // In a microtask, as scheduleFlush does in a later turn: flush clears `flushing` when it ends, after this assignment.
+        const next = (flushing = Promise.resolve().then(flush));
+        const answer = () => {
+          for (const b of batches) b.resolve();
+          // As below, once that commit is done (it may have failed and started no fsync).
+          if (queue) scheduleFlush();
+          else if (syncs.size === 0) for (const s of synced.splice(0)) s();
+        };
+        void next.then(answer, answer);
+        return;
+      }
+      if (!err) for (const b of batches) b.resolve();
       if (queue) scheduleFlush();
       else if (syncs.size === 0) for (const s of synced.splice(0)) s();
     };

@@ -51,11 +51,17 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
     return { id: u.id, kind: 'user', name: u.name, role: u.role as Role, svms: JSON.parse(u.svms) as string[] };
   }
 
+  /** A token's principal from the cache, or undefined when it must be looked up (or refused). */
+  function cachedToken(hash: string, t0: number): Principal | undefined {
+    const c = tokenCache.get(hash);
+    return c && c.expires > t0 && (c.tokenExpires === null || c.tokenExpires > t0) ? c.p : undefined;
+  }
+
   async function byToken(secret: string): Promise<Principal> {
     const hash = hashToken(secret);
-    const c = tokenCache.get(hash);
     const t0 = now();
-    if (c && c.expires > t0 && (c.tokenExpires === null || c.tokenExpires > t0)) return c.p;
+    const hit = cachedToken(hash, t0);
+    if (hit) return hit;
     const row = await repo.findTokenByHash(hash);
     if (!row) fail('not_authenticated', 'The token is not valid.');
     if (row.revoked_at || (row.expires_at && Date.parse(row.expires_at) <= t0)) {
@@ -90,6 +96,19 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
   }
 
   return {
+    /**
+     * The principal of a bearer token this node has checked within the cache lifetime, without a
+     * promise (it runs on every request); undefined for anything else, which `authenticate` then
+     * settles (lookup, Basic, refusal). The same checks as `authenticate`'s cached path.
+     */
+    cachedBearer(header: string | undefined): Principal | undefined {
+      if (!header || header.length < 8) return undefined;
+      const sp = header.indexOf(' ');
+      if (sp !== 6 || header.slice(0, 6).toLowerCase() !== 'bearer') return undefined;
+      const value = header.slice(7).trim();
+      return value ? cachedToken(hashToken(value), now()) : undefined;
+    },
+
     /** Authenticates an Authorization header value; throws a catalog error when it does not. */
     async authenticate(header: string | undefined): Promise<Principal> {
       if (!header) fail('not_authenticated');

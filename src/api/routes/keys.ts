@@ -112,6 +112,8 @@ export function keyRoutes(s: Services) {
           summary: 'Unwraps a wrapped data key.',
           params: svmParam,
           body: { type: 'object', additionalProperties: false, required: ['wrapped'], properties: { wrapped: { type: 'string', maxLength: 4096 } } },
+          // A response schema lets Fastify serialize with a compiled serializer instead of JSON.stringify (every unwrap).
+          response: { 200: { type: 'object', required: ['key_id', 'plaintext'], properties: { key_id: { type: 'string' }, plaintext: { type: 'string', description: 'base64' } } } },
         },
       },
       async (req) => {
