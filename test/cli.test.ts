@@ -369,7 +369,10 @@ describe('keysmith CLI', () => {
       void exited.then(({ code }) => rej(new Error(`serve exited (${code}) early; stderr: ${stderr}`)));
     });
     expect(stderr).not.toContain('bootstrap admin token'); // init showed it already
-    const kmipPort = Number(/KMIP \(TTLV over mutual TLS\) on 127\.0\.0\.1:(\d+)/.exec(stderr)?.[1]);
+    // The KMIP line follows the listening line, possibly in a later chunk of stderr.
+    const kmipLine = /KMIP \(TTLV over mutual TLS\) on 127\.0\.0\.1:(\d+)/;
+    for (let i = 0; i < 100 && !kmipLine.test(stderr); i++) await new Promise((r) => setTimeout(r, 50));
+    const kmipPort = Number(kmipLine.exec(stderr)?.[1]);
     expect(kmipPort, stderr).toBeGreaterThan(0);
     // The KMIP listener speaks TLS with the given certificate (a client without a certificate is then refused by it).
     const kmipPeer = await new Promise<string | undefined>((res, rej) => {
