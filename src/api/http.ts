@@ -104,6 +104,19 @@ export function selectFields(record: Record<string, unknown>, fields: string | u
   return out;
 }
 
+/**
+ * The querystring schema of an ONTAP collection GET: the parameters every collection takes
+ * (`fields`, `max_records`, `return_records`, `return_timeout`, `uuid`) plus its own filters.
+ * Values stay strings (no coercion): each route validates them with maxRecords, returnTimeout, bool.
+ */
+export function collectionQuery(filters: Record<string, object> = {}) {
+  return {
+    type: 'object',
+    additionalProperties: false,
+    properties: { fields: { type: 'string' }, max_records: { type: 'string' }, return_records: { type: 'string' }, return_timeout: { type: 'string' }, uuid: { type: 'string' }, ...filters },
+  } as const;
+}
+
 /** Validates the ONTAP `max_records` query value. */
 export function maxRecords(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;

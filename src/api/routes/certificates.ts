@@ -8,30 +8,21 @@ import type { Services } from '../../app.js';
 import { CERTIFICATE_TYPES, certificateView } from '../../certificates/certificate-service.js';
 import { fail } from '../../errors.js';
 import type { SvmRow } from '../../store/svm-repo.js';
-import { actor, authorize, canSee, maxRecords, principal, requireOntapRead, selectFields } from '../http.js';
+import { actor, authorize, canSee, collectionQuery, maxRecords, principal, requireOntapRead, selectFields } from '../http.js';
 
 const svmRef = { type: 'object', additionalProperties: false, properties: { name: { type: 'string' }, uuid: { type: 'string' } } } as const;
 
 const FIELDS = { always: ['uuid', 'name', '_links'], defaults: ['svm', 'scope', 'type', 'common_name', 'serial_number', 'ca', 'expiry_time'], expensive: [] as string[] };
 
-const listQuery = {
-  type: 'object',
-  additionalProperties: false,
-  properties: {
-    fields: { type: 'string' },
-    max_records: { type: 'string' },
-    return_records: { type: 'string' },
-    return_timeout: { type: 'string' },
-    uuid: { type: 'string' },
-    name: { type: 'string' },
-    type: { type: 'string' },
-    common_name: { type: 'string' },
-    serial_number: { type: 'string' },
-    scope: { type: 'string' },
-    'svm.name': { type: 'string' },
-    'svm.uuid': { type: 'string' },
-  },
-} as const;
+const listQuery = collectionQuery({
+  name: { type: 'string' },
+  type: { type: 'string' },
+  common_name: { type: 'string' },
+  serial_number: { type: 'string' },
+  scope: { type: 'string' },
+  'svm.name': { type: 'string' },
+  'svm.uuid': { type: 'string' },
+});
 
 export function certificateRoutes(s: Services) {
   async function svmOf(req: FastifyRequest, ref: { name?: string; uuid?: string } | undefined): Promise<SvmRow> {

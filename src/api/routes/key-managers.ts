@@ -9,7 +9,7 @@ import type { KeyManagerRow } from '../../store/key-manager-repo.js';
 import type { SvmRow } from '../../store/svm-repo.js';
 import { KeysmithError, fail } from '../../errors.js';
 import type { ExternalInput } from '../../keymanagers/kmip-config-service.js';
-import { actor, authorize, bool, canSee, maxRecords, principal, requireClusterAdmin, requireOntapRead, returnTimeout, selectFields } from '../http.js';
+import { actor, authorize, bool, canSee, collectionQuery, maxRecords, principal, requireClusterAdmin, requireOntapRead, returnTimeout, selectFields } from '../http.js';
 
 const EXPENSIVE = ['status', 'onboard.key_backup', 'external.servers.connectivity'];
 
@@ -79,21 +79,12 @@ export function keyManagerRoutes(s: Services) {
         schema: {
           tags: ['security'],
           summary: 'Lists key managers (ONTAP).',
-          querystring: {
-            type: 'object',
-            additionalProperties: false,
-            properties: {
-              fields: { type: 'string' },
-              max_records: { type: 'string' },
-              return_records: { type: 'string' },
-              return_timeout: { type: 'string' },
-              uuid: { type: 'string' },
-              scope: { type: 'string', enum: ['cluster', 'svm'] },
-              'svm.name': { type: 'string' },
-              'svm.uuid': { type: 'string' },
-              'onboard.enabled': { type: 'string' },
-            },
-          },
+          querystring: collectionQuery({
+            scope: { type: 'string', enum: ['cluster', 'svm'] },
+            'svm.name': { type: 'string' },
+            'svm.uuid': { type: 'string' },
+            'onboard.enabled': { type: 'string' },
+          }),
         },
       },
       async (req) => {

@@ -10,7 +10,7 @@ import type { KeyManagerRow } from '../../store/key-manager-repo.js';
 import type { SvmRow } from '../../store/svm-repo.js';
 import { fail } from '../../errors.js';
 import { KEY_STORE_STATES, KEY_STORE_TYPES } from '../../keymanagers/key-manager.js';
-import { actor, authorize, bool, canSee, maxRecords, principal, requireClusterAdmin, requireOntapRead, returnTimeout, selectFields } from '../http.js';
+import { actor, authorize, bool, canSee, collectionQuery, maxRecords, principal, requireClusterAdmin, requireOntapRead, returnTimeout, selectFields } from '../http.js';
 import { answerWithJob } from './jobs.js';
 
 const FIELDS = { always: ['uuid', '_links'], defaults: ['type', 'location', 'enabled', 'state', 'scope', 'svm', 'configuration'], expensive: [] as string[] };
@@ -31,26 +31,17 @@ export function keyStoreRoutes(s: Services) {
         schema: {
           tags: ['security'],
           summary: 'Lists keystore configurations: every key manager configuration of every SVM, enabled or not (ONTAP).',
-          querystring: {
-            type: 'object',
-            additionalProperties: false,
-            properties: {
-              fields: { type: 'string' },
-              max_records: { type: 'string' },
-              return_records: { type: 'string' },
-              return_timeout: { type: 'string' },
-              uuid: { type: 'string' },
-              type: { type: 'string', enum: [...KEY_STORE_TYPES] },
-              location: { type: 'string', enum: ['onboard', 'external'] },
-              enabled: { type: 'string' },
-              state: { type: 'string', enum: [...KEY_STORE_STATES] },
-              scope: { type: 'string', enum: ['cluster', 'svm'] },
-              'svm.name': { type: 'string' },
-              'svm.uuid': { type: 'string' },
-              'configuration.uuid': { type: 'string' },
-              'configuration.name': { type: 'string' },
-            },
-          },
+          querystring: collectionQuery({
+            type: { type: 'string', enum: [...KEY_STORE_TYPES] },
+            location: { type: 'string', enum: ['onboard', 'external'] },
+            enabled: { type: 'string' },
+            state: { type: 'string', enum: [...KEY_STORE_STATES] },
+            scope: { type: 'string', enum: ['cluster', 'svm'] },
+            'svm.name': { type: 'string' },
+            'svm.uuid': { type: 'string' },
+            'configuration.uuid': { type: 'string' },
+            'configuration.name': { type: 'string' },
+          }),
         },
       },
       async (req) => {

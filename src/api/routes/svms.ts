@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Services } from '../../app.js';
 import type { SvmRow } from '../../store/svm-repo.js';
 import { fail } from '../../errors.js';
-import { actor, authorize, bool, canSee, maxRecords, principal, requireClusterAdmin, requireOntapRead, selectFields } from '../http.js';
+import { actor, authorize, bool, canSee, collectionQuery, maxRecords, principal, requireClusterAdmin, requireOntapRead, selectFields } from '../http.js';
 
 /**
  * aggregates, ipspace and snapshot_policy are served on request only, with what is true of a
@@ -23,11 +23,7 @@ function view(s: SvmRow) {
   };
 }
 
-const listQuery = {
-  type: 'object',
-  additionalProperties: false,
-  properties: { fields: { type: 'string' }, max_records: { type: 'string' }, name: { type: 'string' }, uuid: { type: 'string' }, return_records: { type: 'string' }, return_timeout: { type: 'string' } },
-} as const;
+const listQuery = collectionQuery({ name: { type: 'string' } });
 
 export function svmRoutes(s: Services) {
   return async function (app: FastifyInstance) {
