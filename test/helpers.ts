@@ -3,6 +3,7 @@
  * this machine. Every server logs to a file under the run's log directory, which the secrets test
  * reads at the end of the run.
  */
+import { expect } from 'vitest';
 import { mkdtempSync, mkdirSync, createWriteStream, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -97,4 +98,41 @@ async function dumpAudit(app: App): Promise<void> {
   const file = join(RUN_DIR, 'audit', `${Date.now()}-${randomBytes(4).toString('hex')}.jsonl`);
   mkdirSync(join(RUN_DIR, 'audit'), { recursive: true });
   appendFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+}
+
+/** A data key as the data plane hands it out: its id, its plaintext (noted as a secret) and its wrapped form. */
+export interface DataKey {
+  id: string;
+  plaintext: string;
+  wrapped: string;
+}
+
+export function expectError(r: { status: number; body: any }, status: number, code: string) {
+  expect(r.status, JSON.stringify(r.body)).toBe(status);
+  expect(Object.keys(r.body ?? {}), JSON.stringify(r.body)).toEqual(['error']);
+  expect(r.body.error.code, JSON.stringify(r.body)).toBe(code);
+  expect(typeof r.body.error.message).toBe('string');
+}
+
+export async function dataKeys(s: TestServer, svm: string, n: number): Promise<DataKey[]> {
+  const out: DataKey[] = [];
+  for (let i = 0; i < n; i += 16) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(16, n - i) }, async () => {
+        const r = await s.call('POST', `/api/v1/svms/${svm}/data-keys`, {});
+        expect(r.status, JSON.stringify(r.body)).toBe(201);
+        noteSecret(r.body.plaintext);
+        return { id: r.body.key_id, plaintext: r.body.plaintext, wrapped: r.body.wrapped };
+      }),
+    );
+    out.push(...batch);
+  }
+  return out;
+}
+
+export async function expectAllUnwrap(s: TestServer, svm: string, keys: DataKey[]) {
+  const r = await s.call('POST', `/api/v1/svms/${svm}/unwrap-batch`, { wrapped: keys.map((k) => k.wrapped) });
+  expect(r.status, JSON.stringify(r.body).slice(0, 500)).toBe(200);
+  const bad = keys.filter((k, j) => r.body.records[j].key_id !== k.id || r.body.records[j].plaintext !== k.plaintext).map((k) => k.id);
+  expect(bad, 'keys that no longer unwrap to their original bytes').toEqual([]);
 }

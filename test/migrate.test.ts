@@ -7,45 +7,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { PASSPHRASE, STORES, noteSecret, startWithOkm, type TestServer } from './helpers.js';
+import { PASSPHRASE, STORES, dataKeys, expectAllUnwrap, expectError, noteSecret, startWithOkm, type DataKey, type TestServer } from './helpers.js';
 
 type Okm = TestServer & { kmUuid: string };
-interface DataKey {
-  id: string;
-  plaintext: string;
-  wrapped: string;
-}
-
-function expectError(r: { status: number; body: any }, status: number, code: string) {
-  expect(r.status, JSON.stringify(r.body)).toBe(status);
-  expect(Object.keys(r.body ?? {}), JSON.stringify(r.body)).toEqual(['error']);
-  expect(r.body.error.code, JSON.stringify(r.body)).toBe(code);
-  expect(typeof r.body.error.message).toBe('string');
-}
-
-async function dataKeys(s: TestServer, svm: string, n: number): Promise<DataKey[]> {
-  const out: DataKey[] = [];
-  for (let i = 0; i < n; i += 16) {
-    const batch = await Promise.all(
-      Array.from({ length: Math.min(16, n - i) }, async () => {
-        const r = await s.call('POST', `/api/v1/svms/${svm}/data-keys`, {});
-        expect(r.status, JSON.stringify(r.body)).toBe(201);
-        noteSecret(r.body.plaintext);
-        return { id: r.body.key_id, plaintext: r.body.plaintext, wrapped: r.body.wrapped };
-      }),
-    );
-    out.push(...batch);
-  }
-  return out;
-}
-
-async function expectAllUnwrap(s: TestServer, svm: string, keys: DataKey[]) {
-  const r = await s.call('POST', `/api/v1/svms/${svm}/unwrap-batch`, { wrapped: keys.map((k) => k.wrapped) });
-  expect(r.status, JSON.stringify(r.body).slice(0, 500)).toBe(200);
-  const bad = keys.filter((k, j) => r.body.records[j].key_id !== k.id || r.body.records[j].plaintext !== k.plaintext).map((k) => k.id);
-  expect(bad, 'keys that no longer unwrap to their original bytes').toEqual([]);
-}
-
 const db = (s: TestServer) => s.app.services.store.db;
 async function kekHomes(s: TestServer, svm: string): Promise<Record<number, string>> {
   const rows = await db(s).selectFrom('keks').select(['version', 'key_manager_uuid']).where('svm_uuid', '=', svm).orderBy('version').execute();
