@@ -79,3 +79,16 @@ export async function kill9(life: Life): Promise<void> {
   // The server must not have died by itself: every death here is one of our kills.
   if (signal !== 'SIGKILL') throw new Error(`the server ended on its own (code ${code}, signal ${signal}): ${life.stderr()}`);
 }
+
+/** JSON over HTTP to a child server, with its bearer token. */
+export function client(base: string, token: string) {
+  return async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
+    const res = await fetch(base + path, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : undefined };
+  };
+}

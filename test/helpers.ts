@@ -136,3 +136,26 @@ export async function expectAllUnwrap(s: TestServer, svm: string, keys: DataKey[
   const bad = keys.filter((k, j) => r.body.records[j].key_id !== k.id || r.body.records[j].plaintext !== k.plaintext).map((k) => k.id);
   expect(bad, 'keys that no longer unwrap to their original bytes').toEqual([]);
 }
+
+/** How many jobs the store holds (a refused call must not add one). */
+export const jobCount = async (s: TestServer) => (await s.app.services.store.db.selectFrom('jobs').select('uuid').execute()).length;
+
+/** Polls an ONTAP job link until the job succeeds or fails. */
+export async function jobEnd(s: TestServer, href: string, ms = 30_000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const r = await s.call('GET', href);
+    expect(r.status).toBe(200);
+    if (r.body.state === 'success' || r.body.state === 'failure') return r.body;
+    if (Date.now() > end) throw new Error(`job ${href} did not end: ${JSON.stringify(r.body)}`);
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
+/** A 202 answer carrying only ONTAP's job link; returns the link. */
+export function expectJobLink(r: { status: number; body: any }): string {
+  expect(r.status, JSON.stringify(r.body)).toBe(202);
+  expect(Object.keys(r.body)).toEqual(['job']);
+  expect(r.body.job._links.self.href).toBe(`/api/cluster/jobs/${r.body.job.uuid}`);
+  return r.body.job._links.self.href;
+}

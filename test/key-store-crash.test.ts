@@ -21,7 +21,7 @@
  * tenant, id and version).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
+import { client, kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,18 +45,6 @@ const MIN_KILLS = 3;
 const MAX_LIVES = 25;
 
 afterAll(() => reapChildren());
-
-function client(base: string, token: string) {
-  return async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
-    const res = await fetch(base + path, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
-}
 
 interface Seeded {
   /** dek id → [svm uuid, original bytes] */

@@ -12,7 +12,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { PASSPHRASE, STORES, dataKeys, expectAllUnwrap, expectError, noteSecret, startServer, startWithOkm, type DataKey, type TestServer } from './helpers.js';
+import { PASSPHRASE, STORES, dataKeys, expectAllUnwrap, expectError, expectJobLink, jobCount, jobEnd, noteSecret, startServer, startWithOkm, type DataKey, type TestServer } from './helpers.js';
 
 type Okm = TestServer & { kmUuid: string };
 const db = (s: TestServer) => s.app.services.store.db;
@@ -20,25 +20,6 @@ const db = (s: TestServer) => s.app.services.store.db;
 async function kekHomes(s: TestServer): Promise<Record<string, string>> {
   const rows = await db(s).selectFrom('keks').select(['svm_uuid', 'version', 'key_manager_uuid']).orderBy('svm_uuid').orderBy('version').execute();
   return Object.fromEntries(rows.map((r) => [`${r.svm_uuid}:${r.version}`, r.key_manager_uuid]));
-}
-const jobCount = async (s: TestServer) => (await db(s).selectFrom('jobs').select('uuid').execute()).length;
-
-async function jobEnd(s: TestServer, href: string, ms = 30_000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const r = await s.call('GET', href);
-    expect(r.status).toBe(200);
-    if (r.body.state === 'success' || r.body.state === 'failure') return r.body;
-    if (Date.now() > end) throw new Error(`job ${href} did not end: ${JSON.stringify(r.body)}`);
-    await new Promise((res) => setTimeout(res, 20));
-  }
-}
-
-function expectJobLink(r: { status: number; body: any }): string {
-  expect(r.status, JSON.stringify(r.body)).toBe(202);
-  expect(Object.keys(r.body)).toEqual(['job']);
-  expect(r.body.job._links.self.href).toBe(`/api/cluster/jobs/${r.body.job.uuid}`);
-  return r.body.job._links.self.href;
 }
 
 const KS = '/api/security/key-stores';

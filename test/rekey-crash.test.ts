@@ -16,7 +16,7 @@
  * the service (seal under the tenant's KEK, bound to tenant, id and version).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
+import { client, kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,18 +60,6 @@ const MAX_KILLS = 40;
 const UNWRAP_BATCH = 5_000;
 
 afterAll(() => reapChildren());
-
-function client(base: string, token: string) {
-  return async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
-    const res = await fetch(base + path, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
-}
 
 describe.each(STORES)('rekey-internal under kill -9 (%s)', (store) => {
   const N = PROFILE[store].keys;

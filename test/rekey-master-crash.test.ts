@@ -17,7 +17,7 @@
  * enough KEKs to be interrupted mid-way.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
+import { client, kill9, reapChildren, requireBuilt, sleep, spawnServer } from './crash-harness.js';
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,14 +41,6 @@ const MIN_KILLS = 4;
 const MAX_KILLS = 20;
 
 afterAll(() => reapChildren());
-
-function client(base: string, token: string) {
-  return async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
-    const res = await fetch(base + path, { method, headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) }, body: body === undefined ? undefined : JSON.stringify(body) });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
-}
 
 describe.each(STORES)('master-key rekey under kill -9 (%s)', (store) => {
   it('re-wraps every KEK under the new master key across SIGKILLs and restarts, losing no key', { timeout: 240_000 }, async () => {
