@@ -11,7 +11,7 @@ import { createKeyManagerRepo } from './store/key-manager-repo.js';
 import { createKekRepo } from './store/kek-repo.js';
 import { createDekRepo } from './store/dek-repo.js';
 import { createPrincipalRepo } from './store/principal-repo.js';
-import { createAuditRepo } from './store/audit-repo.js';
+import { createAuditRepo, directAppender } from './store/audit-repo.js';
 import { createMetaRepo } from './store/meta-repo.js';
 import { createAuditService, type AuditService } from './audit/audit-service.js';
 import { createAuthService, type AuthService } from './auth/auth-service.js';
@@ -126,7 +126,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
     masterKeys: createMasterKeyRepo(db, store.dialect),
     kmipServers: createKmipServerRepo(db),
   };
-  const audit = createAuditService({ db, repo: createAuditRepo(db, store.dialect), dialect: store.dialect });
+  const audit = createAuditService({ db, repo: createAuditRepo(db, store.dialect), direct: store.sqlite && directAppender(store.sqlite), durability: store.durability, fsyncReads: config.auditFsyncReads });
   const auth = createAuthService({ repo: repos.principals });
   const keyring = createKeyring({ node, startSealed: config.sealed, keyManagers: repos.keyManagers, keks: repos.keks });
   const onboard = createOnboardService({ db, svms: repos.svms, keyManagers: repos.keyManagers, keks: repos.keks, deks: repos.deks, keyring, audit, kdfCost: config.kdfCost });
@@ -179,7 +179,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
   const kmip =
     config.kmipTlsCert && config.kmipTlsKey && config.kmipClientCa
       ? createKmipServer(
-          { log, audit, auth, certificates, svms, objects: kmipObjects },
+          { log, audit, auth, certificates, svms, objects: kmipObjects, durability: store.durability },
           { host: config.host, port: config.kmipPort, cert: readFileSync(config.kmipTlsCert), key: readFileSync(config.kmipTlsKey), ca: readFileSync(config.kmipClientCa) },
         )
       : undefined;
@@ -192,6 +192,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
     unsynchronized: unsynchronized.filter((u) => !kmipLoad.loaded.includes(u)),
     kmip,
     async listen() {
+      await store.durability.wait(); // what this start committed (the bootstrap token) is on disk before anyone is told
       const address = await server.listen({ host: config.host, port: config.port });
       if (kmip) await kmip.listen();
       jobs.start(); // resumes any job a crash or another node left behind

@@ -32,11 +32,16 @@ export interface Config {
   readonly kmipTlsCert?: string;
   readonly kmipTlsKey?: string;
   readonly kmipClientCa?: string;
+  /**
+   * Wait for the disk (fsync) before answering each read whose audit event was written, not only
+   * for the event's commit to the WAL (SQLite; see audit-service.ts). Off by default.
+   */
+  readonly auditFsyncReads: boolean;
 }
 
 export type ConfigInput = Partial<Record<keyof Config, unknown>>;
 
-const KEYS: (keyof Config)[] = ['host', 'port', 'dataDir', 'store', 'pgSchema', 'tlsCert', 'tlsKey', 'sealed', 'logLevel', 'nodeName', 'bootstrapToken', 'kdfCost', 'rekeyBatch', 'jobLeaseMs', 'kmipPort', 'kmipTlsCert', 'kmipTlsKey', 'kmipClientCa'];
+const KEYS: (keyof Config)[] = ['host', 'port', 'dataDir', 'store', 'pgSchema', 'tlsCert', 'tlsKey', 'sealed', 'logLevel', 'nodeName', 'bootstrapToken', 'kdfCost', 'rekeyBatch', 'jobLeaseMs', 'kmipPort', 'kmipTlsCert', 'kmipTlsKey', 'kmipClientCa', 'auditFsyncReads'];
 
 const ENV: Record<string, keyof Config> = {
   KEYSMITH_HOST: 'host',
@@ -54,6 +59,7 @@ const ENV: Record<string, keyof Config> = {
   KEYSMITH_KMIP_TLS_CERT: 'kmipTlsCert',
   KEYSMITH_KMIP_TLS_KEY: 'kmipTlsKey',
   KEYSMITH_KMIP_CLIENT_CA: 'kmipClientCa',
+  KEYSMITH_AUDIT_FSYNC_READS: 'auditFsyncReads',
 };
 
 export class ConfigError extends Error {}
@@ -133,5 +139,6 @@ export function parseConfig(...layers: ConfigInput[]): Config {
     kmipTlsCert,
     kmipTlsKey,
     kmipClientCa,
+    auditFsyncReads: m.auditFsyncReads === undefined ? false : bool(m.auditFsyncReads, 'auditFsyncReads'),
   });
 }

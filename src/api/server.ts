@@ -124,6 +124,16 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
     s.audit.settleRequest(req.id);
     done();
   });
+  // Nothing is answered before every commit made so far is on disk (store/durability.ts): a created
+  // key, a state change or a started job is never reported and then lost to a power failure.
+  app.addHook('onSend', (_req, _reply, payload, done) => {
+    const synced = s.store.durability.wait();
+    if (!synced) return done(null, payload);
+    synced.then(
+      () => done(null, payload),
+      (e: FastifyError) => done(e),
+    );
+  });
 
   app.setNotFoundHandler((req, reply) => {
     const ke = new KeysmithError('not_found', `No resource at ${req.method} ${req.url.split('?')[0]}.`);

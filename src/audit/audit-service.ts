@@ -7,26 +7,21 @@
  *   a truncated tail.
  * - A state change is recorded inside the transaction that makes it (`recordIn`): both commit or
  *   neither does.
- * - A read is recorded before its response is sent (`record` resolves once the event is durable);
+ * - A read is recorded before its response is sent: `record` resolves once its event is committed;
  *   concurrent reads share one transaction (group commit).
  * - No secret is ever passed in: callers give ids, names and outcomes only.
  *
- * Durability of group commits on SQLite: better-sqlite3 is synchronous, so a commit under
- * `synchronous = FULL` blocks the event loop for the WAL's fsync (milliseconds on ordinary disks,
- * longer than all the rest of a batch of requests). A group commit of read events therefore runs
- * under `synchronous = NORMAL` (the commit is written to the WAL, not yet synced) on the one shared
- * connection, which is switched back to FULL before any other statement can use it; the WAL file is
- * then fsynced on libuv's thread pool, and the batch's callers are answered only after that fsync
- * returns. The event is as durable when its response is sent as under FULL, the chain stays written
- * by one connection (so state changes recorded with `recordIn` need no extra locking), and the event
- * loop serves other requests while the disk works. Events that arrive while the fsync runs are
- * committed together when it returns (see flush and startSync).
+ * Durability of reads' events (see store/durability.ts): on SQLite a group of read events is
+ * committed to the WAL, which survives a killed process, and is not waited for on the disk unless
+ * `fsyncReads` is set: it reaches the disk with the next fsync of any state change, or the next
+ * checkpoint. That is what a file audit log written without fsync gives; `fsyncReads` makes each
+ * read wait for the fsync (one per group, off the event loop) at about 0.25 ms more per read on one
+ * connection. State changes are recorded in their own transaction and are as durable as it is.
  */
 import { hash } from 'node:crypto';
-import { closeSync, fstatSync, fsync, openSync } from 'node:fs';
-import { sql } from 'kysely';
-import type { AuditRepo, AuditRow, AuditFilter } from '../store/audit-repo.js';
+import type { AuditRepo, AuditRow, AuditFilter, DirectAppender } from '../store/audit-repo.js';
 import type { Conn, Db } from '../store/schema.js';
+import { SYNCHRONOUS_COMMITS, type Durability } from '../store/durability.js';
 import { newId } from '../ids.js';
 
 export interface AuditEvent {
@@ -58,9 +53,6 @@ function eventId(): string {
   return idBase + ID_ALPHABET[n >> 5] + ID_ALPHABET[n & 31];
 }
 
-/** WAL fsyncs of group commits running at once (see startSync). */
-const MAX_SYNCS = 1;
-
 export function eventHash(prev: string, r: Omit<AuditRow, 'hash' | 'prev_hash'>): string {
   const canonical = JSON.stringify([
     r.seq,
@@ -88,8 +80,9 @@ export interface VerifyReport {
   reason?: string;
 }
 
-export function createAuditService(deps: { db: Db; repo: AuditRepo; dialect?: 'sqlite' | 'postgres'; now?: () => Date }) {
+export function createAuditService(deps: { db: Db; repo: AuditRepo; direct?: DirectAppender; durability?: Durability; fsyncReads?: boolean; now?: () => Date }) {
   const { db, repo } = deps;
+  const durability = deps.durability ?? SYNCHRONOUS_COMMITS;
   const now = deps.now ?? (() => new Date());
   /** Events committed together; every caller of the batch waits on its one promise. */
   interface Batch {
@@ -111,8 +104,8 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; dialect?: 's
   // Requests that already recorded their own failure event, so the HTTP layer does not add a second.
   const failedRequests = new Set<string>();
 
-  async function appendRows(tx: Conn, events: AuditEvent[]): Promise<void> {
-    const head = await repo.lockHead(tx);
+  /** The rows that follow `head` for these events, chained. */
+  function chainRows(head: { seq: number; hash: string }, events: AuditEvent[]): AuditRow[] {
     let prev = head.hash;
     let seq = head.seq;
     const time = now().toISOString();
@@ -141,108 +134,49 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; dialect?: 's
       rows[i] = row;
       prev = hash;
     }
+    return rows;
+  }
+
+  async function appendRows(tx: Conn, events: AuditEvent[]): Promise<void> {
+    const rows = chainRows(await repo.lockHead(tx), events);
+    const last = rows[rows.length - 1];
     await repo.insertRows(rows, tx);
-    await repo.setHead(seq, prev, tx);
+    await repo.setHead(last.seq, last.hash, tx);
   }
-
-  // ---- SQLite: the WAL fsync of group commits, off the event loop (see the header).
-
-  /** The WAL file to fsync, or null where commits must stay synchronous (PostgreSQL, in-memory or non-WAL SQLite). */
-  let wal: { path: string; fd: number } | null | undefined = deps.dialect === 'sqlite' ? undefined : null;
-
-  async function findWal(): Promise<void> {
-    try {
-      const mode = (await sql<{ journal_mode: string }>`PRAGMA journal_mode`.execute(db)).rows[0]?.journal_mode;
-      const file = (await sql<{ name: string; file: string }>`PRAGMA database_list`.execute(db)).rows.find((r) => r.name === 'main')?.file;
-      if (mode !== 'wal' || !file) wal = null;
-      else wal = { path: `${file}-wal`, fd: -1 };
-    } catch {
-      wal = null;
-    }
-  }
-
-  let fdUses = 0;
-  /**
-   * An fd on the WAL file as it is now. SQLite deletes the WAL only when its last connection closes,
-   * which this one never does while serving; still, every 64th use checks that the file the fd
-   * names is still linked, and reopens the path if not.
-   */
-  function walFd(w: { path: string; fd: number }): number {
-    if (w.fd >= 0 && ((++fdUses & 63) !== 0 || fstatSync(w.fd).nlink > 0)) return w.fd;
-    if (w.fd >= 0) closeSync(w.fd);
-    w.fd = -1;
-    w.fd = openSync(w.path, 'r');
-    return w.fd;
-  }
-
-  /** Committed batches waiting for an fsync to start. */
-  let awaitingSync: Batch[] = [];
-  /** fsyncs running, each with the batches it makes durable (all committed before it started). */
-  const syncs = new Set<Batch[]>();
-  /** drain() callers waiting for the fsyncs in flight. */
-  let synced: (() => void)[] = [];
 
   /**
-   * Starts an fsync for the batches committed so far (at most MAX_SYNCS at once; measured on this
-   * project's 2-core machine, a second concurrent fsync cost more CPU per event than it saved in
-   * latency). Each batch is answered by an fsync that started after its commit. An fsync that
-   * fails fails every batch not yet answered (a writeback error may be reported to only one of several
-   * concurrent fsyncs), and later groups commit synchronously under FULL, where SQLite itself sees
-   * any error: failing closed.
+   * SQLite: commits a group at once on the raw connection, when no transaction is open on it (one
+   * held across awaits by another caller must finish first: false, use the Kysely path). Nothing
+   * else can run in between, as better-sqlite3 is synchronous; it skips Kysely's executor, its
+   * connection lock and a promise per statement, most of a small group commit's cost.
    */
-  function startSync(): void {
-    const batches = awaitingSync;
-    awaitingSync = [];
-    syncs.add(batches);
-    const done = (err: unknown) => {
-      syncs.delete(batches);
-      if (err) {
-        wal = null;
-        const failed = [batches, ...syncs, awaitingSync];
-        syncs.clear();
-        awaitingSync = [];
-        for (const list of failed) for (const b of list) b.reject(err);
-      }
-      if (awaitingSync.length > 0 && syncs.size < MAX_SYNCS) startSync();
-      if (!err && queue && !flushing && !(wal && syncs.size >= MAX_SYNCS)) {
-        // Events waited for this fsync: commit them and start their fsync first, then answer this
-        // one's requests. Writing a group's answers takes longer than a commit, and the next fsync
-        // need not wait for it (every request waits for about one and a half fsync cycles).
-        // In a microtask, as scheduleFlush does in a later turn: flush clears `flushing` when it ends, after this assignment.
-        const next = (flushing = Promise.resolve().then(flush));
-        const answer = () => {
-          for (const b of batches) b.resolve();
-          // As below, once that commit is done (it may have failed and started no fsync).
-          if (queue) scheduleFlush();
-          else if (syncs.size === 0) for (const s of synced.splice(0)) s();
-        };
-        void next.then(answer, answer);
-        return;
-      }
-      if (!err) for (const b of batches) b.resolve();
-      if (queue) scheduleFlush();
-      else if (syncs.size === 0) for (const s of synced.splice(0)) s();
-    };
-    try {
-      fsync(walFd(wal as { path: string; fd: number }), done);
-    } catch (e) {
-      done(e);
-    }
+  function appendNow(events: AuditEvent[]): boolean {
+    const direct = deps.direct;
+    if (!direct || direct.busy()) return false;
+    direct.append((head) => chainRows(head, events));
+    if (deps.fsyncReads) durability.committed();
+    return true;
   }
 
-  /** One group commit on SQLite/WAL: committed now without its fsync, answered after the fsync. */
-  async function commitDeferred(batch: Batch): Promise<void> {
-    await db.connection().execute(async (c) => {
-      // Holding the connection: no other statement runs between these three steps.
-      await sql`PRAGMA synchronous = NORMAL`.execute(c);
-      try {
-        await c.transaction().execute((tx) => appendRows(tx, batch.events));
-      } finally {
-        await sql`PRAGMA synchronous = FULL`.execute(c);
-      }
-    });
-    awaitingSync.push(batch);
-    if (syncs.size < MAX_SYNCS) startSync();
+  /**
+   * One group commit of read events. Held on the store's connection, so that no other statement's
+   * commit is left uncounted; with `fsyncReads`, answered once the fsync that covers it returns.
+   */
+  async function commitGroup(batch: Batch): Promise<void> {
+    if (appendNow(batch.events)) {
+      const synced = deps.fsyncReads ? durability.wait() : undefined;
+      if (synced) synced.then(batch.resolve, batch.reject);
+      else batch.resolve();
+    } else if (deps.fsyncReads) {
+      await db.transaction().execute((tx) => appendRows(tx, batch.events));
+      // The next group commits while this one's fsync runs, and joins the fsync after it.
+      const synced = durability.wait();
+      if (synced) synced.then(batch.resolve, batch.reject);
+      else batch.resolve();
+    } else {
+      await db.connection().execute((c) => durability.uncounted(() => c.transaction().execute((tx) => appendRows(tx, batch.events))));
+      batch.resolve();
+    }
   }
 
   function scheduleFlush(): void {
@@ -252,20 +186,11 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; dialect?: 's
   }
 
   async function flush(): Promise<void> {
-    if (wal === undefined) await findWal();
     while (queue) {
-      // Events that arrive while the fsyncs run wait here rather than in the WAL: they could not be
-      // answered any sooner, and one commit for all of them costs less than one per turn of the loop.
-      // The fsync's completion commits them (scheduleFlush).
-      if (wal && syncs.size >= MAX_SYNCS) break;
       const batch = queue;
       queue = null;
       try {
-        if (wal) await commitDeferred(batch);
-        else {
-          await db.transaction().execute((tx) => appendRows(tx, batch.events));
-          batch.resolve();
-        }
+        await commitGroup(batch);
       } catch (e) {
         batch.reject(e);
       }
@@ -276,12 +201,12 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; dialect?: 's
   return {
     /** Records a state change inside the caller's transaction. */
     recordIn: (tx: Conn, ev: AuditEvent) => appendRows(tx, [ev]),
-    /** Records a read or a refusal; resolves once the event is durable. */
+    /** Records a read or a refusal; resolves once the event is committed (see the header). */
     record(ev: AuditEvent): Promise<void> {
       if (ev.outcome === 'failure' && ev.requestId) failedRequests.add(ev.requestId);
       const batch = (queue ??= newBatch());
       batch.events.push(ev);
-      if (!(wal && syncs.size >= MAX_SYNCS)) scheduleFlush();
+      scheduleFlush();
       return batch.done;
     },
     /** True when the request recorded a failure event itself; forgets the request either way. */
@@ -289,17 +214,13 @@ export function createAuditService(deps: { db: Db; repo: AuditRepo; dialect?: 's
       return failedRequests.delete(requestId);
     },
     query: (f: AuditFilter) => repo.query(f),
+    /** Resolves once every event recorded so far is committed and on disk. */
     async drain(): Promise<void> {
-      while (flushing || syncs.size > 0 || queue) {
+      while (flushing || queue) {
         if (flushing) await flushing;
-        else if (syncs.size > 0) await new Promise<void>((r) => synced.push(r));
         else scheduleFlush();
       }
-      // Nothing in flight: let go of the WAL file (the store may be closing); the next flush reopens it.
-      if (wal && wal.fd >= 0) {
-        closeSync(wal.fd);
-        wal.fd = -1;
-      }
+      await durability.wait();
     },
     async verify(): Promise<VerifyReport> {
       const head = await repo.head();

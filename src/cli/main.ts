@@ -36,6 +36,7 @@ export function buildProgram(): Command {
     .option('--kmip-tls-cert <file>', 'PEM certificate of the KMIP listener')
     .option('--kmip-tls-key <file>', 'PEM private key of the KMIP listener')
     .option('--kmip-client-ca <file>', 'PEM CA certificate(s) that KMIP client certificates must chain to')
+    .option('--audit-fsync-reads', 'answer a key read only once its audit event is on disk (fsync), not only written')
     // Loaded on demand: the client commands should not pay for the server's modules.
     .action(async (opts) => (await import('./serve.js')).serve(opts));
   registerInit(program);

@@ -17,6 +17,7 @@ export interface ServeFlags {
   kmipTlsCert?: string;
   kmipTlsKey?: string;
   kmipClientCa?: string;
+  auditFsyncReads?: boolean;
 }
 
 export async function serve(flags: ServeFlags, env: NodeJS.ProcessEnv = process.env): Promise<void> {
@@ -35,6 +36,7 @@ export async function serve(flags: ServeFlags, env: NodeJS.ProcessEnv = process.
     kmipTlsCert: flags.kmipTlsCert,
     kmipTlsKey: flags.kmipTlsKey,
     kmipClientCa: flags.kmipClientCa,
+    auditFsyncReads: flags.auditFsyncReads,
   };
   const config = parseConfig(file ? readConfigFile(file) : {}, envConfig(env), fromFlags);
   const app = await createApp(config);

@@ -21,6 +21,7 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { KeysmithError, KMIP_REASONS } from '../errors.js';
 import { newId } from '../ids.js';
+import type { Durability } from '../store/durability.js';
 import type { AuditService } from '../audit/audit-service.js';
 import type { AuthService, Principal } from '../auth/auth-service.js';
 import type { CertificateService } from '../certificates/certificate-service.js';
@@ -56,6 +57,8 @@ export interface KmipServerDeps {
   certificates: Pick<CertificateService, 'clientPrincipal' | 'revision'>;
   svms: { admin(): Promise<SvmRow | undefined>; resolve(ref: string): Promise<SvmRow | undefined> };
   objects: KmipObjectService;
+  /** When commits are on disk: answers wait for it (store/durability.ts). */
+  durability: Pick<Durability, 'wait'>;
 }
 
 export interface KmipServer {
@@ -285,6 +288,9 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
       }
     }
     if (deferred.length > 0) await settle();
+    // Every commit so far (a created key, a state change) is on disk before the client hears of it.
+    const synced = deps.durability.wait();
+    if (synced) await synced;
     let out = encodeTtlv(buildResponse({ protocolVersion: version, timeStamp: nowSeconds(), items }));
     const max = req.header.maximumResponseSize;
     if (max !== undefined && out.length > max) {

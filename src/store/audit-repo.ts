@@ -1,5 +1,6 @@
 /** SQL for the append-only audit log and its chain head. */
 import { sql, type CompiledQuery } from 'kysely';
+import type SQLite from 'better-sqlite3';
 import type { AuditEventTable, Conn } from './schema.js';
 
 export type AuditRow = AuditEventTable;
@@ -20,6 +21,41 @@ export interface AuditFilter {
 const withParameters = (q: CompiledQuery, parameters: readonly unknown[]): CompiledQuery => ({ sql: q.sql, query: q.query, queryId: q.queryId, parameters });
 
 const AUDIT_COLUMNS = ['seq', 'id', 'time', 'request_id', 'actor', 'action', 'object_type', 'object_id', 'svm_uuid', 'outcome', 'detail', 'prev_hash', 'hash'] as const;
+
+/** Synchronous appends on SQLite's raw connection (see appendNow in audit-service.ts). */
+export interface DirectAppender {
+  /** True while a transaction is open on the connection: appending now would join it. */
+  busy(): boolean;
+  /** In one transaction: reads the head, inserts the rows `chain` makes after it, moves the head. */
+  append(chain: (head: { seq: number; hash: string }) => AuditRow[]): void;
+}
+
+export function directAppender(raw: SQLite.Database): DirectAppender {
+  const CHUNK = 32;
+  const inserts: SQLite.Statement[] = [];
+  const insertOf = (n: number) =>
+    (inserts[n] ??= raw.prepare(`insert into "audit_events" (${AUDIT_COLUMNS.map((c) => `"${c}"`).join(', ')}) values ${Array.from({ length: n }, () => `(${AUDIT_COLUMNS.map(() => '?').join(', ')})`).join(', ')}`));
+  const head = raw.prepare<[], { seq: number; hash: string }>('select "seq", "hash" from "audit_head" where "id" = 1');
+  const setHead = raw.prepare('update "audit_head" set "seq" = ?, "hash" = ? where "id" = 1');
+  const append = raw.transaction((chain: (head: { seq: number; hash: string }) => AuditRow[]) => {
+    const h = head.get();
+    if (!h) throw new Error('the audit head row is missing');
+    const rows = chain({ seq: Number(h.seq), hash: h.hash });
+    for (let i = 0; i < rows.length; i += CHUNK) {
+      const n = Math.min(CHUNK, rows.length - i);
+      const parameters: unknown[] = new Array(n * AUDIT_COLUMNS.length);
+      let k = 0;
+      for (let j = i; j < i + n; j++) for (const c of AUDIT_COLUMNS) parameters[k++] = rows[j][c];
+      insertOf(n).run(parameters);
+    }
+    const last = rows[rows.length - 1];
+    setHead.run(last.seq, last.hash);
+  });
+  return {
+    busy: () => raw.inTransaction,
+    append: (chain) => append.immediate(chain),
+  };
+}
 
 export function createAuditRepo(db: Conn, dialect: 'sqlite' | 'postgres') {
   // SQLite: INSERTs of 1..CHUNK rows compiled once each (columns in AUDIT_COLUMNS order) and run

@@ -7,6 +7,7 @@ import pg from 'pg';
 import type { DB, Db } from './schema.js';
 import { migrationProvider } from './migrations/index.js';
 import { startCheckpointer, type Checkpointer } from './sqlite-checkpointer.js';
+import { SYNCHRONOUS_COMMITS, walDurability, type Durability } from './durability.js';
 
 export interface StoreOptions {
   /** `sqlite:/path/file.db` or a path, or `postgres://…` / `postgresql://…`. */
@@ -19,6 +20,13 @@ export interface StoreOptions {
 export interface Store {
   db: Db;
   dialect: 'sqlite' | 'postgres';
+  /** When commits are on disk (see durability.ts): every answer waits for `durability.wait()`. */
+  durability: Durability;
+  /**
+   * SQLite's connection itself, for synchronous fast paths that run only while no transaction is
+   * open on it (and so cannot interleave with Kysely's); absent on PostgreSQL.
+   */
+  sqlite?: SQLite.Database;
   close(): Promise<void>;
 }
 
@@ -33,6 +41,8 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
   let db: Db;
   let dialect: 'sqlite' | 'postgres';
   let checkpointer: Checkpointer | undefined;
+  let durability: Durability = SYNCHRONOUS_COMMITS;
+  let raw: SQLite.Database | undefined;
   if (isPostgresUrl(opts.url)) {
     dialect = 'postgres';
     const schema = opts.pgSchema;
@@ -57,23 +67,52 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
     const file = opts.url.replace(/^sqlite:/, '');
     if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
     const sqlite = new SQLite(file);
-    sqlite.pragma('journal_mode = WAL');
-    // FULL: a committed key survives power loss, not only a process crash.
-    sqlite.pragma('synchronous = FULL');
+    raw = sqlite;
+    const wal = sqlite.pragma('journal_mode = WAL', { simple: true }) === 'wal' && file !== ':memory:';
     sqlite.pragma('foreign_keys = ON');
     sqlite.pragma('busy_timeout = 5000');
+    if (wal) {
+      // NORMAL: a commit is written to the WAL, and made durable off the event loop before it is
+      // answered (durability.ts); on an fsync failure, back to FULL, where SQLite syncs each commit.
+      sqlite.pragma('synchronous = NORMAL');
+      durability = walDurability(`${file}-wal`, () => {
+        if (sqlite.open) sqlite.pragma('synchronous = FULL');
+      });
+    } else {
+      // FULL: a committed key survives power loss, not only a process crash.
+      sqlite.pragma('synchronous = FULL');
+    }
     // Checkpoints on a worker thread instead of inside the commits of the event loop (see sqlite-checkpointer.ts).
     if (file !== ':memory:') checkpointer = startCheckpointer(sqlite, file);
     // Kysely prepares every query afresh; preparing costs more than running a small query, so
     // keep the statements (queries are built from a fixed set of shapes, the cap is a safety net).
-    const statements = new Map<string, SQLite.Statement>();
+    // Each is wrapped to count the commits it makes: a COMMIT, or a write outside a transaction.
+    const counted = durability;
+    const statements = new Map<string, Pick<SQLite.Statement, 'reader' | 'all' | 'run' | 'iterate'>>();
     const database = {
       close: () => sqlite.close(),
       prepare(text: string) {
         let st = statements.get(text);
         if (!st) {
           if (statements.size >= 1000) statements.clear();
-          st = sqlite.prepare(text);
+          const raw = sqlite.prepare(text);
+          const commits = /^\s*(commit|end|release)\b/i.test(text) || !raw.readonly;
+          st = commits
+            ? {
+                reader: raw.reader,
+                all(...p: unknown[]) {
+                  const rows = raw.all(...p);
+                  if (!sqlite.inTransaction) counted.committed();
+                  return rows;
+                },
+                run(...p: unknown[]) {
+                  const r = raw.run(...p);
+                  if (!sqlite.inTransaction) counted.committed();
+                  return r;
+                },
+                iterate: (...p: unknown[]) => raw.iterate(...p),
+              }
+            : raw;
           statements.set(text, st);
         }
         return st;
@@ -101,7 +140,11 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
   return {
     db,
     dialect,
+    durability,
+    sqlite: raw,
     close: async () => {
+      await durability.wait()?.catch(() => {});
+      durability.close();
       await checkpointer?.stop();
       await db.destroy();
     },

@@ -1,0 +1,166 @@
+/**
+ * Commit durability on SQLite (src/store/durability.ts): commits are counted by the store's driver,
+ * `wait()` resolves only after an fsync that started after them, commits made while one fsync runs
+ * share the next, reads' audit groups are not waited for unless asked, and a failed fsync fails the
+ * waiters and turns the connection back to synchronous = FULL.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { sql } from 'kysely';
+import { openStore, type Store } from '../src/store/db.js';
+import { walDurability } from '../src/store/durability.js';
+import { createAuditService } from '../src/audit/audit-service.js';
+import { createAuditRepo, directAppender } from '../src/store/audit-repo.js';
+
+const dirs: string[] = [];
+const stores: Store[] = [];
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'keysmith-durability-'));
+  dirs.push(d);
+  return d;
+}
+async function sqliteStore(): Promise<Store> {
+  const s = await openStore({ url: `sqlite:${join(tempDir(), 'k.db')}` });
+  stores.push(s);
+  return s;
+}
+afterEach(async () => {
+  for (const s of stores.splice(0)) await s.close();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+describe('walDurability', () => {
+  it('resolves nothing until a commit is counted, then only after an fsync', async () => {
+    const wal = join(tempDir(), 'x-wal');
+    writeFileSync(wal, 'frames');
+    const d = walDurability(wal, () => {
+      throw new Error('no failure expected');
+    });
+    expect(d.wait()).toBeUndefined();
+    d.committed();
+    const first = d.wait();
+    expect(first).toBeInstanceOf(Promise);
+    // A commit made while that fsync runs is not covered by it: it waits for the next one.
+    d.committed();
+    const second = d.wait();
+    expect(second).not.toBe(first);
+    // A third commit joins the second's fsync (group commit): the same promise.
+    d.committed();
+    expect(d.wait()).toBe(second);
+    await first;
+    await second;
+    expect(d.wait()).toBeUndefined();
+    d.close();
+  });
+
+  it('does not count commits made inside uncounted()', async () => {
+    const wal = join(tempDir(), 'x-wal');
+    writeFileSync(wal, 'frames');
+    const d = walDurability(wal, () => {});
+    await d.uncounted(async () => {
+      expect(d.counting).toBe(false);
+      d.committed();
+    });
+    expect(d.counting).toBe(true);
+    expect(d.wait()).toBeUndefined();
+    d.close();
+  });
+
+  it('fails every waiter when the fsync fails, reports it once, and stops waiting afterwards', async () => {
+    const failures: unknown[] = [];
+    const d = walDurability(join(tempDir(), 'missing-wal'), (e) => failures.push(e));
+    d.committed();
+    const w = d.wait();
+    expect(w).toBeInstanceOf(Promise);
+    await expect(w).rejects.toThrow(/ENOENT/);
+    expect(failures).toHaveLength(1);
+    // From now on SQLite syncs each commit itself (the store's onFailure switched it to FULL).
+    d.committed();
+    expect(d.wait()).toBeUndefined();
+    d.close();
+  });
+});
+
+describe('the SQLite store', () => {
+  it('runs under synchronous = NORMAL and counts writes and commits, not reads', async () => {
+    const s = await sqliteStore();
+    const mode = (await sql<{ synchronous: number }>`PRAGMA synchronous`.execute(s.db)).rows[0].synchronous;
+    expect(mode).toBe(1); // NORMAL
+    await s.durability.wait();
+    expect(s.durability.wait()).toBeUndefined();
+
+    await s.db.selectFrom('svms').selectAll().execute();
+    expect(s.durability.wait()).toBeUndefined();
+
+    // A write outside a transaction is a commit.
+    await s.db.insertInto('meta').values({ key: 'a', value: '1' }).execute();
+    const afterWrite = s.durability.wait();
+    expect(afterWrite).toBeInstanceOf(Promise);
+    await afterWrite;
+    expect(s.durability.wait()).toBeUndefined();
+
+    // Inside a transaction nothing is counted until its COMMIT.
+    await s.db.transaction().execute(async (tx) => {
+      await tx.insertInto('meta').values({ key: 'b', value: '2' }).execute();
+      expect(s.durability.wait()).toBeUndefined();
+    });
+    const afterCommit = s.durability.wait();
+    expect(afterCommit).toBeInstanceOf(Promise);
+    await afterCommit;
+
+    // A rolled-back transaction leaves nothing to wait for.
+    await expect(
+      s.db.transaction().execute(async (tx) => {
+        await tx.insertInto('meta').values({ key: 'c', value: '3' }).execute();
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
+    expect(s.durability.wait()).toBeUndefined();
+  });
+
+  it('leaves reads’ audit events unwaited by default, and waits for them with fsyncReads', async () => {
+    const s = await sqliteStore();
+    await s.durability.wait();
+    const written = createAuditService({ db: s.db, repo: createAuditRepo(s.db, 'sqlite'), durability: s.durability });
+    await written.record({ actor: 'test', action: 'key.unwrap', outcome: 'success', objectId: 'k1' });
+    expect(s.durability.wait()).toBeUndefined();
+    expect((await written.query({ objectId: 'k1', limit: 10 })).map((e) => e.action)).toEqual(['key.unwrap']);
+
+    const synced = createAuditService({ db: s.db, repo: createAuditRepo(s.db, 'sqlite'), durability: s.durability, fsyncReads: true });
+    await synced.record({ actor: 'test', action: 'key.unwrap', outcome: 'success', objectId: 'k2' });
+    // Answered only once its fsync returned: nothing is left to wait for.
+    expect(s.durability.wait()).toBeUndefined();
+    expect((await synced.verify()).ok).toBe(true);
+  });
+
+  it('commits read events on the raw connection when it is free, and through Kysely while a transaction holds it', async () => {
+    const s = await sqliteStore();
+    const audit = createAuditService({ db: s.db, repo: createAuditRepo(s.db, 'sqlite'), direct: directAppender(s.sqlite!), durability: s.durability });
+    await Promise.all([1, 2, 3].map((i) => audit.record({ actor: 'test', action: 'key.unwrap', outcome: 'success', objectId: `free${i}` })));
+    // A transaction open across awaits: the group waits for it rather than joining it, and a state
+    // change recorded inside it keeps its place in the chain.
+    let inside: Promise<void> | undefined;
+    await s.db.transaction().execute(async (tx) => {
+      await audit.recordIn(tx, { actor: 'test', action: 'key.create', outcome: 'success', objectId: 'made' });
+      inside = audit.record({ actor: 'test', action: 'key.unwrap', outcome: 'success', objectId: 'held' });
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setTimeout(r, 5));
+      expect(s.sqlite!.inTransaction).toBe(true);
+    });
+    await inside;
+    const events = await audit.query({ limit: 100 });
+    expect(events.map((e) => e.object_id)).toEqual(['free1', 'free2', 'free3', 'made', 'held']);
+    expect(events.map((e) => Number(e.seq))).toEqual([1, 2, 3, 4, 5]);
+    expect((await audit.verify()).ok).toBe(true);
+  });
+
+  it('needs no waiting on PostgreSQL, where a commit is durable when it returns', async () => {
+    const s = await openStore({ url: 'postgres://postgres@127.0.0.1:5432/test', pgSchema: 'durability_t' });
+    stores.push(s);
+    await s.db.insertInto('meta').values({ key: 'a', value: '1' }).onConflict((oc) => oc.column('key').doNothing()).execute();
+    expect(s.durability.wait()).toBeUndefined();
+    await sql`DROP SCHEMA durability_t CASCADE`.execute(s.db);
+  });
+});
