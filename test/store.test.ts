@@ -32,7 +32,47 @@ describe.each(STORES)('store on %s', (kind) => {
     opened.push(b);
     expect((await createSvmRepo(b.db).list()).map((r) => r.name)).toEqual(['vs1']);
     const migrations = await b.db.selectFrom('kysely_migration' as any).selectAll().execute();
-    expect(migrations.map((m: any) => m.name)).toEqual(['0001-init', '0002-jobs', '0003-kmip', '0004-master-key', '0005-key-stores', '0006-external-kmip']);
+    expect(migrations.map((m: any) => m.name)).toEqual(['0001-init', '0002-jobs', '0003-kmip', '0004-master-key', '0005-key-stores', '0006-external-kmip', '0007-audit-rowid']);
+  });
+
+  it('keeps every audit event and its chain across 0007 (on SQLite, seq becomes the rowid)', async () => {
+    const t = target(kind);
+    // A database as the previous release left it: migrated up to 0006, with a chain of events.
+    const { Kysely, Migrator, SqliteDialect, PostgresDialect } = await import('kysely');
+    const { migrationProvider } = await import('../src/store/migrations/index.js');
+    const pg = (await import('pg')).default;
+    const SQLite = (await import('better-sqlite3')).default;
+    if (t.pgSchema) {
+      const c = new pg.Client({ connectionString: t.url });
+      await c.connect();
+      await c.query(`CREATE SCHEMA ${t.pgSchema}`);
+      await c.end();
+    }
+    const old = new Kysely<any>({
+      dialect: t.pgSchema ? new PostgresDialect({ pool: new pg.Pool({ connectionString: t.url, options: `-c search_path=${t.pgSchema}` }) }) : new SqliteDialect({ database: new SQLite(t.url.slice('sqlite:'.length)) }),
+    });
+    const migrator = new Migrator({ db: old, provider: migrationProvider(kind), ...(t.pgSchema ? { migrationTableSchema: t.pgSchema } : {}) });
+    expect((await migrator.migrateTo('0006-external-kmip')).error).toBeUndefined();
+    const { createAuditService } = await import('../src/audit/audit-service.js');
+    const before = createAuditService({ db: old, repo: createAuditRepo(old, kind) });
+    for (let i = 0; i < 5; i++) await Promise.all([0, 1, 2].map((j) => before.record({ actor: 'test', action: 'key.unwrap', outcome: 'success', objectId: `k${i}.${j}` })));
+    const rowsBefore = await old.selectFrom('audit_events').selectAll().orderBy('seq').execute();
+    await old.destroy();
+
+    const s = await openStore(t);
+    opened.push(s);
+    const after = createAuditService({ db: s.db, repo: createAuditRepo(s.db, kind) });
+    const rowsAfter = await s.db.selectFrom('audit_events').selectAll().orderBy('seq').execute();
+    expect(rowsAfter.map((r) => ({ ...r, seq: Number(r.seq) }))).toEqual(rowsBefore.map((r) => ({ ...r, seq: Number(r.seq) })));
+    expect(await after.verify()).toMatchObject({ ok: true, events: 15 });
+    await after.record({ actor: 'test', action: 'key.unwrap', outcome: 'success', objectId: 'next' });
+    expect(await after.verify()).toMatchObject({ ok: true, events: 16 });
+    if (kind === 'sqlite') {
+      const { sql } = await import('kysely');
+      // seq is the rowid: the only index left is the event id's uniqueness.
+      const indexes = (await sql<{ name: string; origin: string }>`PRAGMA index_list(audit_events)`.execute(s.db)).rows;
+      expect(indexes.map((i) => i.origin)).toEqual(['u']);
+    }
   });
 
   it('round-trips binary blobs byte for byte and keeps NULL material', async () => {
