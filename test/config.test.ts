@@ -11,6 +11,7 @@ describe('configuration', () => {
     expect(c.store).toBe('sqlite:/tmp/ks-x/keysmith.db');
     expect(c.sealed).toBe(false);
     expect(c.bootstrapToken).toBeUndefined();
+    expect(c.auditFsyncReads).toBe(false);
     expect(Object.isFrozen(c)).toBe(true);
   });
 
@@ -30,6 +31,8 @@ describe('configuration', () => {
     expect(() => parseConfig({ store: 'mysql://x' })).toThrow(ConfigError);
     expect(() => parseConfig({ tlsCert: '/c.pem' })).toThrow(/together/);
     expect(() => parseConfig({ sealed: 'yes' })).toThrow(ConfigError);
+    expect(() => parseConfig({ auditFsyncReads: 'always' })).toThrow(ConfigError);
+    expect(parseConfig({}, envConfig({ KEYSMITH_AUDIT_FSYNC_READS: 'true' })).auditFsyncReads).toBe(true);
     expect(() => parseConfig({ bootstrapToken: 'short' })).toThrow(/16/);
     const dir = mkdtempSync(join(tmpdir(), 'ks-cfg-'));
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ prot: 1 }));

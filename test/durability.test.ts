@@ -55,19 +55,6 @@ describe('walDurability', () => {
     d.close();
   });
 
-  it('does not count commits made inside uncounted()', async () => {
-    const wal = join(tempDir(), 'x-wal');
-    writeFileSync(wal, 'frames');
-    const d = walDurability(wal, () => {});
-    await d.uncounted(async () => {
-      expect(d.counting).toBe(false);
-      d.committed();
-    });
-    expect(d.counting).toBe(true);
-    expect(d.wait()).toBeUndefined();
-    d.close();
-  });
-
   it('fails every waiter when the fsync fails, reports it once, and stops waiting afterwards', async () => {
     const failures: unknown[] = [];
     const d = walDurability(join(tempDir(), 'missing-wal'), (e) => failures.push(e));
@@ -84,6 +71,37 @@ describe('walDurability', () => {
 });
 
 describe('the SQLite store', () => {
+  it('commits transactions that queue for the connection as one group, rolling back only the one that fails', async () => {
+    const s = await sqliteStore();
+    await s.durability.wait();
+    const commits: string[] = [];
+    const raw = s.sqlite!;
+    // Eight transactions at once: each waits a turn inside, so the others queue behind it.
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, (_, i) =>
+        s.db.transaction().execute(async (tx) => {
+          await tx.insertInto('meta').values({ key: `g${i}`, value: String(i) }).execute();
+          await new Promise((r) => setImmediate(r));
+          commits.push(raw.inTransaction ? 'open' : 'closed');
+          if (i === 3) throw new Error('member 3 fails');
+        }),
+      ),
+    );
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled']);
+    expect(commits.every((c) => c === 'open')).toBe(true);
+    // The group is still open (committed once this turn of the event loop is over); answers wait for it.
+    expect(raw.inTransaction).toBe(true);
+    const synced = s.durability.wait();
+    expect(synced).toBeInstanceOf(Promise);
+    await synced;
+    expect(raw.inTransaction).toBe(false);
+    const keys = (await s.db.selectFrom('meta').select('key').where('key', 'like', 'g%').orderBy('key').execute()).map((r) => r.key);
+    expect(keys).toEqual(['g0', 'g1', 'g2', 'g4', 'g5', 'g6', 'g7']);
+    await s.durability.wait();
+    expect(s.durability.wait()).toBeUndefined();
+  });
+
+
   it('runs under synchronous = NORMAL and counts writes and commits, not reads', async () => {
     const s = await sqliteStore();
     const mode = (await sql<{ synchronous: number }>`PRAGMA synchronous`.execute(s.db)).rows[0].synchronous;
@@ -101,23 +119,34 @@ describe('the SQLite store', () => {
     await afterWrite;
     expect(s.durability.wait()).toBeUndefined();
 
-    // Inside a transaction nothing is counted until its COMMIT.
+    // A transaction with writes holds every answer until it commits and its fsync returns.
+    let inside: Promise<void> | undefined;
+    let settled = false;
     await s.db.transaction().execute(async (tx) => {
       await tx.insertInto('meta').values({ key: 'b', value: '2' }).execute();
-      expect(s.durability.wait()).toBeUndefined();
+      inside = s.durability.wait();
+      expect(inside).toBeInstanceOf(Promise);
+      void inside!.then(() => (settled = true));
+      await new Promise((r) => setTimeout(r, 20));
+      expect(settled).toBe(false);
     });
-    const afterCommit = s.durability.wait();
-    expect(afterCommit).toBeInstanceOf(Promise);
-    await afterCommit;
+    await inside;
+    expect(s.durability.wait()).toBeUndefined();
 
-    // A rolled-back transaction leaves nothing to wait for.
+    // Commits made inside uncounted() (reads' audit events) are not waited for.
+    await s.db.connection().execute((c) => s.durability.uncounted(() => c.transaction().execute((tx) => tx.insertInto('meta').values({ key: 'u', value: '1' }).execute())));
+    expect(s.durability.wait()).toBeUndefined();
+
+    // A rolled-back transaction leaves nothing behind (at most an fsync of an empty group).
     await expect(
       s.db.transaction().execute(async (tx) => {
         await tx.insertInto('meta').values({ key: 'c', value: '3' }).execute();
         throw new Error('roll back');
       }),
     ).rejects.toThrow('roll back');
+    await s.durability.wait();
     expect(s.durability.wait()).toBeUndefined();
+    expect(await s.db.selectFrom('meta').select('key').where('key', '=', 'c').execute()).toEqual([]);
   });
 
   it('leaves reads’ audit events unwaited by default, and waits for them with fsyncReads', async () => {

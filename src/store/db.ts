@@ -1,13 +1,14 @@
 /** Opens the store: SQLite (embedded default) or PostgreSQL, migrated to the latest schema. */
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { Kysely, Migrator, PostgresDialect, SqliteDialect } from 'kysely';
+import { Kysely, Migrator, PostgresDialect } from 'kysely';
 import SQLite from 'better-sqlite3';
 import pg from 'pg';
 import type { DB, Db } from './schema.js';
 import { migrationProvider } from './migrations/index.js';
 import { startCheckpointer, type Checkpointer } from './sqlite-checkpointer.js';
 import { SYNCHRONOUS_COMMITS, walDurability, type Durability } from './durability.js';
+import { groupCommitSqliteDialect } from './sqlite-driver.js';
 
 export interface StoreOptions {
   /** `sqlite:/path/file.db` or a path, or `postgres://…` / `postgresql://…`. */
@@ -84,41 +85,8 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
     }
     // Checkpoints on a worker thread instead of inside the commits of the event loop (see sqlite-checkpointer.ts).
     if (file !== ':memory:') checkpointer = startCheckpointer(sqlite, file);
-    // Kysely prepares every query afresh; preparing costs more than running a small query, so
-    // keep the statements (queries are built from a fixed set of shapes, the cap is a safety net).
-    // Each is wrapped to count the commits it makes: a COMMIT, or a write outside a transaction.
-    const counted = durability;
-    const statements = new Map<string, Pick<SQLite.Statement, 'reader' | 'all' | 'run' | 'iterate'>>();
-    const database = {
-      close: () => sqlite.close(),
-      prepare(text: string) {
-        let st = statements.get(text);
-        if (!st) {
-          if (statements.size >= 1000) statements.clear();
-          const raw = sqlite.prepare(text);
-          const commits = /^\s*(commit|end|release)\b/i.test(text) || !raw.readonly;
-          st = commits
-            ? {
-                reader: raw.reader,
-                all(...p: unknown[]) {
-                  const rows = raw.all(...p);
-                  if (!sqlite.inTransaction) counted.committed();
-                  return rows;
-                },
-                run(...p: unknown[]) {
-                  const r = raw.run(...p);
-                  if (!sqlite.inTransaction) counted.committed();
-                  return r;
-                },
-                iterate: (...p: unknown[]) => raw.iterate(...p),
-              }
-            : raw;
-          statements.set(text, st);
-        }
-        return st;
-      },
-    };
-    db = new Kysely<DB>({ dialect: new SqliteDialect({ database }) });
+    // Transactions that queue for the one connection commit as a group (sqlite-driver.ts).
+    db = new Kysely<DB>({ dialect: groupCommitSqliteDialect(sqlite, durability) });
   }
   // Kysely looks for its own tables in every schema unless told which: name ours.
   const migrator = new Migrator({

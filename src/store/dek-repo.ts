@@ -21,15 +21,24 @@ function sqliteRewrap(n: number): string {
   return text;
 }
 
+/** The columns of deks, in the order insert() passes them. */
+const DEK_COLUMNS = ['id', 'svm_uuid', 'name', 'algorithm', 'length', 'state', 'kek_version', 'wrapped', 'created_at', 'updated_at', 'activated_at', 'deactivated_at', 'compromised_at', 'destroyed_at', 'object_type'] as const;
+/** A precompiled query with fresh parameters. */
+const withParameters = (q: CompiledQuery, parameters: readonly unknown[]): CompiledQuery => ({ sql: q.sql, query: q.query, queryId: q.queryId, parameters });
+
 export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite') {
   // The unwrap hot path: compiled once, run with fresh parameters (id, then svm).
   const stateById = db.selectFrom('deks').select(['id', 'state']).where('id', '=', '').where('svm_uuid', '=', '').compile();
+  // Every key creation (REST and KMIP): compiled once with every column, run with the row's values in DEK_COLUMNS order.
+  const insertRow = db.insertInto('deks').values(Object.fromEntries(DEK_COLUMNS.map((c) => [c, null])) as unknown as DekRow).compile();
+  const byId = db.selectFrom('deks').selectAll().where('id', '=', '').where('svm_uuid', '=', '').compile();
   return {
     /** Which store this is: PostgreSQL may be shared by several nodes, SQLite has one. */
     dialect,
-    insert: (row: DekRow, tx: Conn = db) => tx.insertInto('deks').values(row).execute(),
-    find: (svmUuid: string, id: string, tx: Conn = db) =>
-      tx.selectFrom('deks').selectAll().where('id', '=', id).where('svm_uuid', '=', svmUuid).executeTakeFirst(),
+    insert: async (row: DekRow, tx: Conn = db): Promise<void> => {
+      await tx.executeQuery(withParameters(insertRow, [row.id, row.svm_uuid, row.name, row.algorithm, row.length, row.state, row.kek_version, row.wrapped, row.created_at, row.updated_at, row.activated_at, row.deactivated_at, row.compromised_at, row.destroyed_at, row.object_type ?? null]));
+    },
+    find: async (svmUuid: string, id: string, tx: Conn = db): Promise<DekRow | undefined> => (await tx.executeQuery<DekRow>(withParameters(byId, [id, svmUuid]))).rows[0],
     /** Id and state only: what unwrap needs to decide (the material comes with the request). */
     findState: async (svmUuid: string, id: string, tx: Conn = db): Promise<Pick<DekRow, 'id' | 'state'> | undefined> =>
       (await tx.executeQuery<Pick<DekRow, 'id' | 'state'>>({ sql: stateById.sql, query: stateById.query, queryId: stateById.queryId, parameters: [id, svmUuid] })).rows[0],

@@ -27,6 +27,10 @@ import { closeSync, fstatSync, fsync, fsyncSync, openSync } from 'node:fs';
 export interface Durability {
   /** Counts a commit made just now (called by the store's driver). */
   committed(): void;
+  /** Whether an open transaction holds counted writes (a group being committed): nothing is answered until it commits. */
+  open(dirty: boolean): void;
+  /** A commit failed after its transactions returned: every answer fails from now on (see sqlite-driver.ts). */
+  poison(e: unknown): void;
   /** A promise that resolves once every commit counted so far is on disk; undefined when they are already. */
   wait(): Promise<void> | undefined;
   /** Runs `fn`; commits it makes are not counted (see the header). `fn` must hold the store's connection. */
@@ -40,6 +44,8 @@ export interface Durability {
 /** Durability where every commit is durable when it returns. */
 export const SYNCHRONOUS_COMMITS: Durability = {
   committed() {},
+  open() {},
+  poison() {},
   wait: () => undefined,
   uncounted: (fn) => fn(),
   counting: true,
@@ -74,6 +80,8 @@ export function walDurability(walPath: string, onFailure: (e: unknown) => void):
   let synced = 0;
   let counting = true;
   let failed = false;
+  let openDirty = false;
+  let poisoned: Error | null = null;
   let inFlight: Generation | null = null;
   let next: Generation | null = null;
   let fd = -1;
@@ -92,6 +100,14 @@ export function walDurability(walPath: string, onFailure: (e: unknown) => void):
     return fd;
   }
 
+  /** Starts the fsync the next waiters need, unless one runs or a dirty group has yet to commit. */
+  function maybeStart(): void {
+    if (inFlight || !next || openDirty) return;
+    const g = next;
+    next = null;
+    start(g);
+  }
+
   function start(g: Generation): void {
     inFlight = g;
     g.upTo = commits;
@@ -108,11 +124,7 @@ export function walDurability(walPath: string, onFailure: (e: unknown) => void):
       }
       synced = Math.max(synced, g.upTo);
       g.resolve();
-      if (next) {
-        const n = next;
-        next = null;
-        start(n);
-      }
+      maybeStart();
     };
     try {
       fsync(walFd(), done);
@@ -123,16 +135,34 @@ export function walDurability(walPath: string, onFailure: (e: unknown) => void):
 
   return {
     committed() {
-      if (counting && !failed) commits += 1;
+      if (failed) return;
+      commits += 1;
+      maybeStart();
+    },
+    open(dirty: boolean) {
+      openDirty = dirty;
+      if (!dirty) maybeStart();
+    },
+    poison(e: unknown) {
+      poisoned ??= new Error(`the store could not commit (${(e as Error)?.message ?? String(e)}); restart Keysmith`);
+      openDirty = false;
+      const pending = [inFlight, next];
+      next = null;
+      for (const g of pending) g?.reject(poisoned);
     },
     wait() {
-      if (synced >= commits || failed) return undefined;
-      if (inFlight) {
-        if (inFlight.upTo >= commits) return inFlight.promise;
-        return (next ??= generation()).promise;
+      if (poisoned) {
+        const p = Promise.reject(poisoned);
+        p.catch(() => {});
+        return p;
       }
-      const g = generation();
-      start(g);
+      if (failed) return undefined;
+      if (!openDirty) {
+        if (synced >= commits) return undefined;
+        if (inFlight && inFlight.upTo >= commits) return inFlight.promise;
+      }
+      const g = (next ??= generation());
+      maybeStart();
       return g.promise;
     },
     async uncounted<T>(fn: () => Promise<T>): Promise<T> {
@@ -148,7 +178,7 @@ export function walDurability(walPath: string, onFailure: (e: unknown) => void):
     },
     close() {
       try {
-        if (!failed && synced < commits) fsyncSync(walFd());
+        if (!failed && !poisoned && synced < commits) fsyncSync(walFd());
       } finally {
         if (fd >= 0) closeSync(fd);
         fd = -1;
