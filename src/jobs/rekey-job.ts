@@ -149,6 +149,7 @@ export function rekeyInternalJob(deps: { keyring: Keyring; keks: KekRepo; deks: 
         }
         const { items } = await b.work;
         queue.shift();
+        await deps.deks.relaxCommit(tx);
         // Read the next batches now and hand them to the workers: they re-wrap them while this one
         // is written and committed. Whether they are used is decided by the next steps' cursors.
         await fill(job.uuid, svmUuid, cursor.to, b.last, tx);

@@ -77,6 +77,15 @@ export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite
      * batch walks the primary key from the cursor. ANALYZE samples a bounded number of rows and
      * takes no lock that blocks reads or writes. SQLite plans this read on the index without it.
      */
+    /**
+     * PostgreSQL: the caller's transaction commits without waiting for its WAL to reach the disk. For
+     * a rekey's re-wrap steps only: each is redone from the saved cursor if a crash loses it, nothing
+     * is answered on it, and PostgreSQL's WAL is written in order, so the job's last step (a
+     * synchronous commit) makes every step before it durable before the old KEK versions are retired.
+     */
+    relaxCommit: async (tx: Conn) => {
+      if (dialect === 'postgres') await tx.executeQuery(CompiledQuery.raw('SET LOCAL synchronous_commit = off', []));
+    },
     analyzeForRekey: async (tx: Conn = db) => {
       if (dialect === 'postgres') await tx.executeQuery(CompiledQuery.raw('ANALYZE deks', []));
     },
