@@ -175,7 +175,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
   const keyStores = createKeyStoreService({ db, repo: keyStoreRepo, keyManagers: repos.keyManagers, svms: repos.svms, managers: keyManagerTypes, jobs, audit });
   const services: Services = { config, store, log, keyring, audit, auth, svms, onboard, deks, jobs, keyStores, certificates, master, externalKmip, repos, cluster: { uuid: clusterUuid, name: clusterName } };
   const server = await buildServer(services);
-  const kmipObjects = createKmipObjectService({ db, deks, dekRepo: repos.deks, repo: createKmipRepo(db), audit });
+  const kmipObjects = createKmipObjectService({ db, deks, dekRepo: repos.deks, repo: createKmipRepo(db, store.sqlite), audit });
   const kmip =
     config.kmipTlsCert && config.kmipTlsKey && config.kmipClientCa
       ? createKmipServer(
