@@ -152,8 +152,18 @@ export function rekeyInternalJob(deps: { keyring: Keyring; keks: KekRepo; deks: 
         await deps.deks.relaxCommit(tx);
         // Read the next batches now and hand them to the workers: they re-wrap them while this one
         // is written and committed. Whether they are used is decided by the next steps' cursors.
-        await fill(job.uuid, svmUuid, cursor.to, b.last, tx);
-        await deps.deks.rewrapMany(items, cursor.to, tx);
+        if (deps.deks.dialect === 'postgres') {
+          // On another pooled connection, while this batch's UPDATE runs: PostgreSQL serves both at
+          // once. A read that fails only loses its proposal (the next step reads again).
+          const reading = fill(job.uuid, svmUuid, cursor.to, b.last).catch(() => {
+            queue = [];
+          });
+          await deps.deks.rewrapMany(items, cursor.to, tx);
+          await reading;
+        } else {
+          await fill(job.uuid, svmUuid, cursor.to, b.last, tx);
+          await deps.deks.rewrapMany(items, cursor.to, tx);
+        }
         const done = cursor.done + b.rows;
         const total = Math.max(cursor.total, done);
         return { cursor: { ...cursor, after: b.last, done, total }, done: false, progress: { done, total }, message: `re-wrapped ${done} of ${total} keys` };

@@ -6,9 +6,11 @@ export type DekRow = DekTable;
 
 /** Keys per re-wrap statement: 3 parameters each stays far below SQLite's 32,766-parameter limit. */
 const REWRAP_CHUNK = 2000;
-const PG_REWRAP = `UPDATE deks AS d SET wrapped = v.wrapped, kek_version = $1::integer
-  FROM unnest($2::text[], $3::integer[], $4::bytea[]) AS v(id, from_version, wrapped)
-  WHERE d.id = v.id AND d.kek_version = v.from_version AND d.wrapped IS NOT NULL AND d.id BETWEEN $5::text AND $6::text`;
+// The blobs travel as one bytea (node-postgres sends a Buffer parameter in binary) cut by offsets and
+// lengths: a bytea[] parameter would be sent as text, each blob hex-escaped, twice the bytes.
+const PG_REWRAP = `UPDATE deks AS d SET wrapped = substring($4::bytea from v.off for v.len), kek_version = $1::integer
+  FROM unnest($2::text[], $3::integer[], $5::integer[], $6::integer[]) AS v(id, from_version, off, len)
+  WHERE d.id = v.id AND d.kek_version = v.from_version AND d.wrapped IS NOT NULL AND d.id BETWEEN $7::text AND $8::text`;
 const sqliteRewraps = new Map<number, string>();
 function sqliteRewrap(n: number): string {
   let text = sqliteRewraps.get(n);
@@ -106,9 +108,9 @@ export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite
      * was read with (a key destroyed or re-wrapped meanwhile is left alone). `items` come in the
      * order stillUnder returned them, so the first and last ids bound the batch in the store's own
      * collation order. One statement per REWRAP_CHUNK keys, its text built once per size:
-     * - PostgreSQL: UPDATE … FROM unnest(ids, versions, blobs), confined to the batch's id range so
-     *   the planner joins against that range of the primary key instead of scanning the table;
-     *   three array parameters keep the statement small whatever the batch size.
+     * - PostgreSQL: UPDATE … FROM unnest(ids, versions, offsets, lengths) cutting the blobs out of
+     *   one bytea, confined to the batch's id range so the planner joins against that range of the
+     *   primary key instead of scanning the table; a few parameters whatever the batch size.
      * - SQLite: UPDATE … FROM (VALUES …), each key found through the primary key; one statement
      *   instead of one per key saves the per-query cost, which is larger than the update itself.
      */
@@ -117,7 +119,16 @@ export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite
       for (let at = 0; at < items.length; at += REWRAP_CHUNK) {
         const part = items.slice(at, at + REWRAP_CHUNK);
         if (dialect === 'postgres') {
-          const query = CompiledQuery.raw(PG_REWRAP, [toVersion, part.map((it) => it.id), part.map((it) => it.fromVersion), part.map((it) => it.wrapped), part[0].id, part[part.length - 1].id]);
+          const offsets: number[] = new Array(part.length);
+          const lengths: number[] = new Array(part.length);
+          let pos = 1; // substring counts from 1
+          for (let i = 0; i < part.length; i++) {
+            offsets[i] = pos;
+            lengths[i] = part[i].wrapped.length;
+            pos += lengths[i];
+          }
+          const blobs = Buffer.concat(part.map((it) => it.wrapped));
+          const query = CompiledQuery.raw(PG_REWRAP, [toVersion, part.map((it) => it.id), part.map((it) => it.fromVersion), blobs, offsets, lengths, part[0].id, part[part.length - 1].id]);
           await tx.executeQuery(query);
         } else {
           const params: unknown[] = [toVersion];
