@@ -13,6 +13,7 @@ import { openStore, type Store } from '../src/store/db.js';
 import { walDurability } from '../src/store/durability.js';
 import { createAuditService } from '../src/audit/audit-service.js';
 import { createAuditRepo, directAppender } from '../src/store/audit-repo.js';
+import { startServer } from './helpers.js';
 
 const dirs: string[] = [];
 const stores: Store[] = [];
@@ -191,5 +192,24 @@ describe('the SQLite store', () => {
     await s.db.insertInto('meta').values({ key: 'a', value: '1' }).onConflict((oc) => oc.column('key').doNothing()).execute();
     expect(s.durability.wait()).toBeUndefined();
     await sql`DROP SCHEMA durability_t CASCADE`.execute(s.db);
+  });
+});
+
+describe('a store that could not commit', () => {
+  it('answers every request with ONTAP’s internal error from then on, never a success it could not keep', async () => {
+    const s = await startServer();
+    try {
+      expect((await s.call('POST', '/api/svm/svms', { name: 'vs_before' })).status).toBe(201);
+      // What the driver does when a group COMMIT fails after its transactions returned.
+      s.app.services.store.durability.poison(new Error('disk I/O error'));
+      const made = await s.call('POST', '/api/svm/svms', { name: 'vs_after' });
+      expect(made.status).toBe(500);
+      expect(made.body).toEqual({ error: { code: '5', message: 'Internal error.' } });
+      const listed = await s.call('GET', '/api/svm/svms');
+      expect(listed.status).toBe(500);
+      expect(listed.body.error.code).toBe('5');
+    } finally {
+      await s.close().catch(() => undefined);
+    }
   });
 });

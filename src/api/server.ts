@@ -126,12 +126,17 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
   });
   // Nothing is answered before every commit made so far is on disk (store/durability.ts): a created
   // key, a state change or a started job is never reported and then lost to a power failure.
-  app.addHook('onSend', (_req, _reply, payload, done) => {
+  // If the disk fails, the answer becomes ONTAP's internal error instead (logged here, not in it).
+  app.addHook('onSend', (req, reply, payload, done) => {
     const synced = s.store.durability.wait();
     if (!synced) return done(null, payload);
     synced.then(
       () => done(null, payload),
-      (e: FastifyError) => done(e),
+      (e: Error) => {
+        req.log.error({ err: { message: e.message } }, 'the store could not make a commit durable');
+        reply.code(500).type('application/hal+json');
+        done(null, JSON.stringify(new KeysmithError('internal').toBody()));
+      },
     );
   });
 
