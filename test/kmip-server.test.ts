@@ -575,3 +575,30 @@ describe('KMIP server under fuzzing', () => {
     void closed;
   }, 180_000);
 });
+
+describe('KMIP server on a store that could not commit', () => {
+  it('answers every batch item with Operation Failed and General Failure, never a success it could not keep', async () => {
+    const pki = makePki('ks-poison-');
+    const s = await startWithOkm({ store: 'sqlite', kmip: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert } });
+    const client = pki.client('poisoned');
+    await s.call('POST', '/api/security/certificates', { type: 'client', public_certificate: client.pem });
+    const k = await RawKmip.connect(s.app.kmip!.port, pki, client);
+    try {
+      const before = await k.send([{ operation: Operation.DiscoverVersions, payload: payload([]) }]);
+      expect(before.items[0].resultStatus).toBe(0);
+      // What the store's driver does when a group COMMIT fails after its transactions returned.
+      s.app.services.store.durability.poison(new Error('disk I/O error'));
+      const after = await k.send([
+        { operation: Operation.DiscoverVersions, payload: payload([]) },
+        { operation: Operation.Query, payload: payload([]) },
+      ]);
+      expect(after.items.map((i) => [i.resultStatus, i.resultReason])).toEqual([
+        [ResultStatus.OperationFailed, ResultReason.GeneralFailure],
+        [ResultStatus.OperationFailed, ResultReason.GeneralFailure],
+      ]);
+    } finally {
+      k.close();
+      await s.close().catch(() => undefined);
+    }
+  });
+});

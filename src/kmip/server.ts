@@ -288,9 +288,18 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
       }
     }
     if (deferred.length > 0) await settle();
-    // Every commit so far (a created key, a state change) is on disk before the client hears of it.
+    // Every commit so far (a created key, a state change) is on disk before the client hears of it;
+    // if the disk fails, no item of the batch is reported done.
     const synced = deps.durability.wait();
-    if (synced) await synced;
+    if (synced) {
+      try {
+        await synced;
+      } catch (e) {
+        log.error({ err: { message: (e as Error).message } }, 'the store could not make a commit durable');
+        const lost = items.map((i) => failure(ResultReason.GeneralFailure, 'the server could not store the result of this request', { operation: i.operation, uniqueBatchItemId: i.uniqueBatchItemId }));
+        return encodeTtlv(buildResponse({ protocolVersion: version, timeStamp: nowSeconds(), items: lost }));
+      }
+    }
     let out = encodeTtlv(buildResponse({ protocolVersion: version, timeStamp: nowSeconds(), items }));
     const max = req.header.maximumResponseSize;
     if (max !== undefined && out.length > max) {
