@@ -170,6 +170,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
     nodeId: node.id,
     log,
     leaseMs: config.jobLeaseMs,
+    durability: store.durability,
     handlers: { 'rekey-internal': rekeyInternalJob({ keyring, keks: repos.keks, deks: repos.deks, keyManagers: repos.keyManagers, batch: config.rekeyBatch }), [SWITCH_JOB]: switchJob(kekMoves), [MIGRATE_JOB]: migrateJob(kekMoves), 'rekey-master': rekeyMasterJob({ keyring, master, repo: repos.masterKeys, keyManagers: repos.keyManagers, batch: config.rekeyBatch }), [MASTER_PROVIDER_JOB]: masterProviderJob({ ...kekMoves, master, masterKeys: repos.masterKeys }) },
   });
   const keyStores = createKeyStoreService({ db, repo: keyStoreRepo, keyManagers: repos.keyManagers, svms: repos.svms, managers: keyManagerTypes, jobs, audit });

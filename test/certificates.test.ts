@@ -92,6 +92,21 @@ for (const store of STORES) {
       expect(after.body.num_records).toBe(before.body.num_records);
     });
 
+    it('refuses a client certificate another SVM already has: it would take over that SVM’s KMIP clients', async () => {
+      const device = pki.client('device-of-a');
+      const svmB = { name: 'certsvm_b' };
+      expect((await s.call('POST', '/api/svm/svms', svmB)).status).toBe(201);
+      const mine = await s.call('POST', '/api/security/certificates', { svm: { name: svmA.name }, type: 'client', public_certificate: device.pem });
+      expect(mine.status).toBe(201);
+      const before = await s.call('GET', '/api/security/certificates');
+      const theirs = await s.call('POST', '/api/security/certificates', { svm: { name: svmB.name }, type: 'client', public_certificate: device.pem });
+      expect(theirs.status).toBe(409);
+      expect(theirs.body.error).toMatchObject({ code: '1', target: 'public_certificate' });
+      // It names nothing of the other SVM's.
+      expect(theirs.body.error.message).not.toContain(mine.headers.get('location')!.split('/').pop()!);
+      expect((await s.call('GET', '/api/security/certificates')).body.num_records).toBe(before.body.num_records);
+    });
+
     it("deleting an SVM deletes its certificates", async () => {
       const r = await s.call('POST', '/api/svm/svms', { name: 'shortlived' });
       const svmUuid = r.headers.get('location')!.split('/').pop()!;

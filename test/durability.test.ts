@@ -4,7 +4,7 @@
  * share the next, reads' audit groups are not waited for unless asked, and a failed fsync fails the
  * waiters and turns the connection back to synchronous = FULL.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { fsync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -13,7 +13,7 @@ import { openStore, type Store } from '../src/store/db.js';
 import { walDurability } from '../src/store/durability.js';
 import { createAuditService } from '../src/audit/audit-service.js';
 import { createAuditRepo, directAppender } from '../src/store/audit-repo.js';
-import { startServer } from './helpers.js';
+import { PG_URL, STORES, dropPgSchema, noteSecret, startServer, startWithOkm } from './helpers.js';
 
 const dirs: string[] = [];
 const stores: Store[] = [];
@@ -33,24 +33,47 @@ afterEach(async () => {
 });
 
 describe('walDurability', () => {
-  it('resolves nothing until a commit is counted, then only after an fsync', async () => {
+  it('resolves nothing until a commit is counted, then only after an fsync that started after it', async () => {
     const wal = join(tempDir(), 'x-wal');
     writeFileSync(wal, 'frames');
-    const d = walDurability(wal, () => {
-      throw new Error('no failure expected');
-    });
+    // The fsyncs, held until the test lets each one finish.
+    const held: (() => void)[] = [];
+    const d = walDurability(
+      wal,
+      () => {
+        throw new Error('no failure expected');
+      },
+      (fd, done) => held.push(() => fsync(fd, done)),
+    );
+    const settled = (p: Promise<void> | undefined) => {
+      const box = { done: false };
+      void p?.then(() => (box.done = true));
+      return box;
+    };
     expect(d.wait()).toBeUndefined();
+    expect(held).toHaveLength(0);
     d.committed();
     const first = d.wait();
     expect(first).toBeInstanceOf(Promise);
+    expect(held).toHaveLength(1);
+    const firstDone = settled(first);
     // A commit made while that fsync runs is not covered by it: it waits for the next one.
     d.committed();
     const second = d.wait();
     expect(second).not.toBe(first);
-    // A third commit joins the second's fsync (group commit): the same promise.
+    // A third commit joins the second's fsync (group commit): the same promise, no third fsync.
     d.committed();
     expect(d.wait()).toBe(second);
+    const secondDone = settled(second);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(firstDone.done).toBe(false); // no answer before its fsync returns
+    expect(held).toHaveLength(1); // one fsync at a time
+    held.shift()!();
     await first;
+    expect(secondDone.done).toBe(false);
+    await new Promise((r) => setImmediate(r));
+    expect(held).toHaveLength(1); // the second fsync started when the first returned
+    held.shift()!();
     await second;
     expect(d.wait()).toBeUndefined();
     d.close();
@@ -186,12 +209,16 @@ describe('the SQLite store', () => {
     expect((await audit.verify()).ok).toBe(true);
   });
 
-  it('needs no waiting on PostgreSQL, where a commit is durable when it returns', async () => {
-    const s = await openStore({ url: 'postgres://postgres@127.0.0.1:5432/test', pgSchema: 'durability_t' });
+  it.runIf(STORES.includes('postgres'))('needs no waiting on PostgreSQL, where a commit is durable when it returns', async () => {
+    const s = await openStore({ url: PG_URL, pgSchema: 'durability_t' });
     stores.push(s);
-    await s.db.insertInto('meta').values({ key: 'a', value: '1' }).onConflict((oc) => oc.column('key').doNothing()).execute();
-    expect(s.durability.wait()).toBeUndefined();
-    await sql`DROP SCHEMA durability_t CASCADE`.execute(s.db);
+    try {
+      await s.db.insertInto('meta').values({ key: 'a', value: '1' }).onConflict((oc) => oc.column('key').doNothing()).execute();
+      expect(s.durability.wait()).toBeUndefined();
+      expect(s.sqlite).toBeUndefined();
+    } finally {
+      await dropPgSchema('durability_t');
+    }
   });
 });
 
@@ -208,6 +235,35 @@ describe('a store that could not commit', () => {
       const listed = await s.call('GET', '/api/svm/svms');
       expect(listed.status).toBe(500);
       expect(listed.body.error.code).toBe('5');
+      // Element's clients get Element's envelope, with their request id.
+      const rpc = await s.call('POST', '/json-rpc/12.5', { method: 'GetSoftwareEncryptionAtRestInfo', id: 7 });
+      expect(rpc.status).toBe(200);
+      expect(rpc.body).toEqual({ error: { code: 500, name: 'xInternalError', message: 'Internal error.' }, id: 7 });
+    } finally {
+      await s.close().catch(() => undefined);
+    }
+  });
+});
+
+describe('the job runner on a store that could not commit', () => {
+  it('takes no step after the store is poisoned (its cursor and cached KEKs may describe rolled-back rows)', async () => {
+    const s = await startWithOkm();
+    try {
+      for (let i = 0; i < 3; i++) {
+        const k = await s.call('POST', '/api/v1/svms/cluster1/data-keys', {});
+        expect(k.status).toBe(201);
+        noteSecret(k.body.plaintext);
+      }
+      s.app.services.store.durability.poison(new Error('disk I/O error'));
+      // The submit commits (nothing else failed) but its answer cannot be trusted: 500.
+      expect((await s.call('POST', `/api/security/key-managers/${s.kmUuid}/rekey-internal?return_timeout=0`)).status).toBe(500);
+      s.app.services.jobs.kick();
+      await new Promise((r) => setTimeout(r, 500));
+      const jobs = await s.app.services.store.db.selectFrom('jobs').select(['type', 'state', 'cursor']).execute();
+      const rekey = jobs.filter((j) => j.type === 'rekey-internal');
+      expect(rekey).toHaveLength(1);
+      expect(rekey[0].cursor).toBeNull(); // not one step taken
+      expect(rekey[0].state).not.toBe('success');
     } finally {
       await s.close().catch(() => undefined);
     }

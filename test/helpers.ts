@@ -12,6 +12,19 @@ import { createApp, type App } from '../src/app.js';
 import { parseConfig } from '../src/config.js';
 
 export const PG_URL = process.env.KEYSMITH_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
+
+/** Drops a test's own PostgreSQL schema (and everything in it); nothing when there is none. */
+export async function dropPgSchema(schema: string | undefined): Promise<void> {
+  if (!schema) return;
+  const { default: pg } = await import('pg');
+  const c = new pg.Client({ connectionString: PG_URL });
+  await c.connect();
+  try {
+    await c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+  } finally {
+    await c.end();
+  }
+}
 export const STORES = (process.env.KEYSMITH_TEST_STORES ?? 'sqlite,postgres').split(',') as ('sqlite' | 'postgres')[];
 
 /** Where every test server of this run writes its log, and tests note the secrets they used. */

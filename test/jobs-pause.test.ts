@@ -146,11 +146,17 @@ for (const store of STORES) {
       const r = await s.call('POST', `/api/security/key-managers/${s.kmUuid}/rekey-internal?return_timeout=0`);
       expect(r.status).toBe(202);
       const uuid = r.body.job.uuid;
+      // Running, with keys already re-wrapped: the cancel must stop it mid-way, not before it starts.
+      for (const end = Date.now() + 30_000; (await job(s, uuid)).progress.done < 5; ) {
+        if (Date.now() > end) throw new Error('no progress');
+        await sleep(5);
+      }
       const c = await patch(s, uuid, 'cancel');
       expect(c.status, JSON.stringify(c.body)).toBe(200);
-      await sleep(200);
-      const j = await job(s, uuid);
+      const j = await jobEnd(s, uuid);
       expect(j).toMatchObject({ state: 'failure', code: 65600050 });
+      expect(j.progress.done).toBeGreaterThanOrEqual(5);
+      expect(j.progress.done).toBeLessThan(j.progress.total);
       const done = j.progress.done;
       await sleep(200);
       expect((await job(s, uuid)).progress.done).toBe(done);

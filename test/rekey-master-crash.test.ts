@@ -22,8 +22,7 @@ import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
-import pg from 'pg';
-import { PASSPHRASE, PG_URL, RUN_DIR, STORES, noteSecret, startWithOkm } from './helpers.js';
+import { PASSPHRASE, PG_URL, dropPgSchema, RUN_DIR, STORES, noteSecret, startWithOkm } from './helpers.js';
 import { open, seal } from '../src/crypto/aead.js';
 import { dekContext, encodeWrapped } from '../src/hierarchy/dek-service.js';
 import { createKeyring, loadNodeIdentity } from '../src/hierarchy/keyring.js';
@@ -252,14 +251,6 @@ describe.each(STORES)('master-key rekey under kill -9 (%s)', (store) => {
       await st.close();
     }
     rmSync(dataDir, { recursive: true, force: true });
-    if (pgSchema) {
-      const c = new pg.Client({ connectionString: PG_URL });
-      await c.connect();
-      try {
-        await c.query(`DROP SCHEMA ${pgSchema} CASCADE`);
-      } finally {
-        await c.end();
-      }
-    }
+    await dropPgSchema(pgSchema);
   });
 });

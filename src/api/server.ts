@@ -21,7 +21,8 @@ import { auditRoutes } from './routes/audit.js';
 import { jobRoutes } from './routes/jobs.js';
 import { keyStoreRoutes } from './routes/key-stores.js';
 import { certificateRoutes } from './routes/certificates.js';
-import { elementRoutes } from './routes/element.js';
+import { elementRoutes, rpcId } from './routes/element.js';
+import { errorBody } from '../element/rpc.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -126,7 +127,8 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
   });
   // Nothing is answered before every commit made so far is on disk (store/durability.ts): a created
   // key, a state change or a started job is never reported and then lost to a power failure.
-  // If the disk fails, the answer becomes ONTAP's internal error instead (logged here, not in it).
+  // If the disk fails, the answer becomes the API's internal error instead (logged here, not in it):
+  // ONTAP's body with HTTP 500, or Element's envelope with HTTP 200 on the JSON-RPC routes.
   app.addHook('onSend', (req, reply, payload, done) => {
     const synced = s.store.durability.wait();
     if (!synced) return done(null, payload);
@@ -134,8 +136,14 @@ export async function buildServer(s: Services): Promise<FastifyInstance> {
       () => done(null, payload),
       (e: Error) => {
         req.log.error({ err: { message: e.message } }, 'the store could not make a commit durable');
+        const failed = new KeysmithError('internal');
+        if (req.routeOptions.url?.startsWith('/json-rpc/')) {
+          const { status, body } = errorBody(failed, rpcId(req.body));
+          reply.code(status).type('application/json');
+          return done(null, JSON.stringify(body));
+        }
         reply.code(500).type('application/hal+json');
-        done(null, JSON.stringify(new KeysmithError('internal').toBody()));
+        done(null, JSON.stringify(failed.toBody()));
       },
     );
   });

@@ -167,8 +167,12 @@ export function createCertificateService(deps: {
       if (key && !admin) throw new Error('the admin SVM is missing');
       await db.transaction().execute(async (tx) => {
         if (await repo.findByName(svm.uuid, name, tx)) throw new KeysmithError('duplicate', `A certificate named ${name} already exists in this SVM.`, 'name');
-        const same = (await repo.findByFingerprint(parsed.fingerprint, input.type, tx)).find((c) => c.svm_uuid === svm.uuid);
+        const installed = await repo.findByFingerprint(parsed.fingerprint, input.type, tx);
+        const same = installed.find((c) => c.svm_uuid === svm.uuid);
         if (same) throw new KeysmithError('duplicate', `This certificate is already installed as ${same.name} (${same.uuid}).`, 'public_certificate');
+        // A client certificate is who a KMIP client is: installed for one SVM only, or anyone who can
+        // install a (public) certificate in their own SVM could take over another SVM's devices.
+        if (input.type === 'client' && installed.length > 0) throw new KeysmithError('duplicate', 'This certificate is already installed as a client certificate of another SVM.', 'public_certificate');
         if (key && admin) {
           row.private_key = await deps.deks.sealSecret(admin, PRIVATE_KEY_PURPOSE, row.uuid, key.export({ format: 'der', type: 'pkcs8' }) as Buffer, tx);
         }
@@ -209,7 +213,8 @@ export function createCertificateService(deps: {
 
     /**
      * The principal a TLS client certificate stands for: the SVM of the `client` certificate
-     * installed with the same fingerprint (the oldest, if installed for several SVMs).
+     * installed with the same fingerprint (install refuses a second SVM; the oldest wins for rows
+     * installed before it did).
      */
     async clientPrincipal(der: Buffer): Promise<{ certificate: CertificateRow; svm: SvmRow } | null> {
       const fp = fingerprintOf(der);

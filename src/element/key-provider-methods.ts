@@ -18,6 +18,7 @@
  * - A provider is active while the admin SVM's enabled configuration was made from it.
  */
 import { X509Certificate } from 'node:crypto';
+import type { SvmRow } from '../store/svm-repo.js';
 import type { Services } from '../app.js';
 import { fingerprintOf } from '../certificates/certificate-service.js';
 import { fail } from '../errors.js';
@@ -201,10 +202,17 @@ async function submitMove(s: Services, c: Call, target: KeyManagerRow, type: 'in
   return { asyncHandle: job.handle };
 }
 
-async function refuseWhileBusy(s: Services): Promise<void> {
+/**
+ * The refusals submitMove makes, checked before anything is created for the move (a new root on a
+ * KMIP server, an inactive configuration): a refused rekey leaves nothing behind. submitMove checks
+ * again under its lock; only a request racing this one can still be refused there.
+ */
+async function refuseWhileBusy(s: Services, admin: SvmRow): Promise<void> {
   const repo = createKeyStoreRepo(s.store.db, s.store.dialect);
   if ((await repo.openJobs([REKEY_MASTER, MASTER_PROVIDER_JOB], null)).length > 0) fail('master_rekey_running');
   if ((await repo.openJobs([SWITCH_JOB, MIGRATE_JOB, 'rekey-internal'], null)).length > 0) fail('key_store_busy');
+  // Switching (65537610), initializing (65539436), disabling (65539437), as for an Internal rekey.
+  await s.keyStores.rekeyGate(admin.uuid);
 }
 
 /** RekeySoftwareEncryptionAtRestMasterKey External: a new root key on the provider's server becomes the master key. */
@@ -216,7 +224,7 @@ export async function rekeyMasterOntoProvider(s: Services, c: Call, providerId: 
   if (s.keyring.isSealed()) fail('sealed');
   const admin = await s.svms.admin();
   if (!admin) throw new Error('the admin SVM is missing');
-  await refuseWhileBusy(s);
+  await refuseWhileBusy(s, admin);
   const { endpoint, clientUuid } = await endpointOf(s, server);
   // Made inactive first (its root created on the server and read back), then enabled with the job.
   const target = await s.externalKmip.createWith(admin, endpoint, { clientUuid, caUuids: [] }, c.actor, { inactive: true, keyProviderId: provider.id });
@@ -233,7 +241,7 @@ export async function rekeyMasterBackInternal(s: Services, c: Call, current: Key
     .pop();
   if (!okm) fail('not_supported', 'The master key can move back to internal key management only onto the admin SVM’s onboard key manager, and there is none: create one (POST /api/security/key-managers with create_inactive=true).');
   s.keyring.root(okm); // sealed or unsynchronized nodes refuse up front
-  await refuseWhileBusy(s);
+  await refuseWhileBusy(s, { uuid: current.svm_uuid } as SvmRow);
   return submitMove(s, c, okm, 'internal');
 }
 

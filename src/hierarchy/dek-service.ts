@@ -189,36 +189,55 @@ export function createDekService(deps: {
     return kek;
   }
 
-  async function createRow(svm: SvmRow, opts: { name?: string; length?: number; state?: 'pre-active' | 'active' }, who: Actor, action: string) {
+  /**
+   * A key whose material the caller gives (KMIP Register) or wants generated (KMIP Create, ReKey),
+   * of any KMIP object type, stored like every DEK. `inTx` runs in the same transaction (KMIP
+   * attributes, links), so the key and what describes it commit together.
+   */
+  async function insertKey(
+    svm: SvmRow,
+    opts: { material?: Buffer; length?: number; algorithm?: string; objectType?: string | null; name?: string | null; state?: 'pre-active' | 'active' },
+    who: Actor,
+    action: string,
+    inTx?: (tx: Tx, row: DekRow) => Promise<void>,
+  ): Promise<DekRow> {
     if (keyring.isSealed()) fail('sealed');
-    const length = opts.length ?? 256;
-    const material = randomBytes(length / 8);
+    const material = opts.material ?? randomBytes((opts.length ?? 256) / 8);
     const id = newId('dek');
     const t = now();
-    const state = opts.state ?? 'active';
+    const state = opts.state ?? 'pre-active';
     let row!: DekRow;
     await db.transaction().execute(async (tx) => {
       const kek = await activeKek(svm, tx);
-      const blob = seal(kek.key, kek.row.id, kek.row.version, dekContext(svm.uuid, id, kek.row.version), material);
       row = {
         id,
         svm_uuid: svm.uuid,
         name: opts.name ?? null,
-        algorithm: 'AES',
-        length,
+        algorithm: opts.algorithm ?? 'AES',
+        length: opts.length ?? material.length * 8,
         state,
         kek_version: kek.row.version,
-        wrapped: blob,
+        wrapped: seal(kek.key, kek.row.id, kek.row.version, dekContext(svm.uuid, id, kek.row.version), material),
         created_at: t,
         updated_at: t,
         activated_at: state === 'active' ? t : null,
         deactivated_at: null,
         compromised_at: null,
         destroyed_at: null,
+        object_type: opts.objectType ?? null,
       };
       await deps.deks.insert(row, tx);
-      await audit.recordIn(tx, { actor: who.actor, requestId: who.requestId, action, outcome: 'success', objectType: 'key', objectId: id, svmUuid: svm.uuid, detail: { length, state } });
+      if (inTx) await inTx(tx, row);
+      await audit.recordIn(tx, { ...who, action, outcome: 'success', objectType: 'key', objectId: id, svmUuid: svm.uuid, detail: { length: row.length, state, object_type: row.object_type ?? 'SymmetricKey' } });
     });
+    return row;
+  }
+
+  /** A symmetric key of the data plane (REST create and generate-data-key): insertKey with fresh material. */
+  async function createRow(svm: SvmRow, opts: { name?: string; length?: number; state?: 'pre-active' | 'active' }, who: Actor, action: string) {
+    const length = opts.length ?? 256;
+    const material = randomBytes(length / 8);
+    const row = await insertKey(svm, { material, length, name: opts.name, state: opts.state ?? 'active' }, who, action);
     return { row, material };
   }
 
@@ -376,49 +395,7 @@ export function createDekService(deps: {
       return result;
     },
 
-    /**
-     * A key whose material the caller gives (KMIP Register) or wants generated (KMIP Create, ReKey),
-     * of any KMIP object type, stored like every DEK. `inTx` runs in the same transaction (KMIP
-     * attributes, links), so the key and what describes it commit together.
-     */
-    async insertKey(
-      svm: SvmRow,
-      opts: { material?: Buffer; length?: number; algorithm?: string; objectType?: string | null; name?: string | null; state?: 'pre-active' | 'active' },
-      who: Actor,
-      action: string,
-      inTx?: (tx: Tx, row: DekRow) => Promise<void>,
-    ): Promise<DekRow> {
-      if (keyring.isSealed()) fail('sealed');
-      const material = opts.material ?? randomBytes((opts.length ?? 256) / 8);
-      const id = newId('dek');
-      const t = now();
-      const state = opts.state ?? 'pre-active';
-      let row!: DekRow;
-      await db.transaction().execute(async (tx) => {
-        const kek = await activeKek(svm, tx);
-        row = {
-          id,
-          svm_uuid: svm.uuid,
-          name: opts.name ?? null,
-          algorithm: opts.algorithm ?? 'AES',
-          length: opts.length ?? material.length * 8,
-          state,
-          kek_version: kek.row.version,
-          wrapped: seal(kek.key, kek.row.id, kek.row.version, dekContext(svm.uuid, id, kek.row.version), material),
-          created_at: t,
-          updated_at: t,
-          activated_at: state === 'active' ? t : null,
-          deactivated_at: null,
-          compromised_at: null,
-          destroyed_at: null,
-          object_type: opts.objectType ?? null,
-        };
-        await deps.deks.insert(row, tx);
-        if (inTx) await inTx(tx, row);
-        await audit.recordIn(tx, { ...who, action, outcome: 'success', objectType: 'key', objectId: id, svmUuid: svm.uuid, detail: { length: row.length, state, object_type: row.object_type ?? 'SymmetricKey' } });
-      });
-      return row;
-    },
+    insertKey,
 
     /** The plaintext of a stored key (KMIP Get, Encrypt, Decrypt); the caller audits the use. */
     async material(svm: SvmRow, row: Pick<DekRow, 'id' | 'kek_version' | 'wrapped'>): Promise<Buffer> {

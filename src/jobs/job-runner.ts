@@ -16,6 +16,7 @@ import type { Logger } from 'pino';
 import { KeysmithError } from '../errors.js';
 import { uuid as newUuid } from '../ids.js';
 import type { Db, Tx } from '../store/schema.js';
+import type { Durability } from '../store/durability.js';
 import type { JobRepo, JobRow } from '../store/job-repo.js';
 
 export interface StepResult {
@@ -46,7 +47,7 @@ export interface JobHandler {
 
 const MAX_ERRORS = 5;
 
-export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; log: Logger; handlers: Record<string, JobHandler>; pollMs?: number; leaseMs?: number }) {
+export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; log: Logger; handlers: Record<string, JobHandler>; pollMs?: number; leaseMs?: number; durability?: Pick<Durability, 'poisoned'> }) {
   const { db, repo, nodeId, log } = deps;
   const LEASE_MS = deps.leaseMs ?? 15_000;
   const pollMs = deps.pollMs ?? 250;
@@ -83,6 +84,12 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
       // SQLite's driver is synchronous: without a turn of the event loop between steps, a whole job
       // would run as one chain of microtasks and no request would be served until it ended.
       await new Promise((r) => setImmediate(r));
+      // A failed group commit rolled back steps this runner believes done (its cursor, a new KEK it
+      // has cached): it must not write on from them. The job resumes from the store after a restart.
+      if (deps.durability?.poisoned) {
+        log.error({ job: uuid }, 'job stopped: the store could not commit; restart Keysmith');
+        return;
+      }
       if (stopping) {
         await repo.release(uuid, nodeId);
         return;
@@ -96,6 +103,7 @@ export function createJobRunner(deps: { db: Db; repo: JobRepo; nodeId: string; l
       }
       try {
         if (handler.prepare) await handler.prepare(job, job.cursor ? JSON.parse(job.cursor) : null);
+        if (deps.durability?.poisoned) return; // as above: poisoned while the step prepared
         const done = await db.transaction().execute(async (tx) => {
           const r = await handler.step(job, job.cursor ? JSON.parse(job.cursor) : null, tx);
           const t = new Date().toISOString();

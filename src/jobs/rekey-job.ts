@@ -158,8 +158,11 @@ export function rekeyInternalJob(deps: { keyring: Keyring; keks: KekRepo; deks: 
           const reading = fill(job.uuid, svmUuid, cursor.to, b.last).catch(() => {
             queue = [];
           });
-          await deps.deks.rewrapMany(items, cursor.to, tx);
-          await reading;
+          try {
+            await deps.deks.rewrapMany(items, cursor.to, tx);
+          } finally {
+            await reading; // never left running into the next step's read-ahead
+          }
         } else {
           await fill(job.uuid, svmUuid, cursor.to, b.last, tx);
           await deps.deks.rewrapMany(items, cursor.to, tx);

@@ -141,8 +141,13 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
       const revision = deps.certificates.revision();
       const now = Date.now();
       if (certPrincipal && certPrincipal.revision === revision && now - certPrincipal.at < CERT_PRINCIPAL_TTL_MS) return certPrincipal.value;
-      certPrincipal = { value: lookupCertPrincipal(), revision, at: now };
-      return certPrincipal.value;
+      const entry = { value: lookupCertPrincipal(), revision, at: now };
+      certPrincipal = entry;
+      // A lookup that failed (the store, not the certificate) is tried again by the next message.
+      entry.value.catch(() => {
+        if (certPrincipal === entry) certPrincipal = undefined;
+      });
+      return entry.value;
     };
     const lookupCertPrincipal = () =>
       (async (): Promise<KmipPrincipal | null> => {

@@ -77,13 +77,6 @@ export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite
         .limit(limit)
         .execute(),
     /**
-     * Before a rekey walks a tenant's keys: on PostgreSQL, fresh planner statistics. Without them (a
-     * table just bulk-loaded, before autovacuum's analyze) the planner reads each batch with a
-     * bitmap scan of every row after the cursor and a sort, so a rekey costs O(n²); with them each
-     * batch walks the primary key from the cursor. ANALYZE samples a bounded number of rows and
-     * takes no lock that blocks reads or writes. SQLite plans this read on the index without it.
-     */
-    /**
      * PostgreSQL: the caller's transaction commits without waiting for its WAL to reach the disk. For
      * a rekey's re-wrap steps only: each is redone from the saved cursor if a crash loses it, nothing
      * is answered on it, and PostgreSQL's WAL is written in order, so the job's last step (a
@@ -92,6 +85,13 @@ export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite
     relaxCommit: async (tx: Conn) => {
       if (dialect === 'postgres') await tx.executeQuery(CompiledQuery.raw('SET LOCAL synchronous_commit = off', []));
     },
+    /**
+     * Before a rekey walks a tenant's keys: on PostgreSQL, fresh planner statistics. Without them (a
+     * table just bulk-loaded, before autovacuum's analyze) the planner reads each batch with a
+     * bitmap scan of every row after the cursor and a sort, so a rekey costs O(n²); with them each
+     * batch walks the primary key from the cursor. ANALYZE samples a bounded number of rows and
+     * takes no lock that blocks reads or writes. SQLite plans this read on the index without it.
+     */
     analyzeForRekey: async (tx: Conn = db) => {
       if (dialect === 'postgres') await tx.executeQuery(CompiledQuery.raw('ANALYZE deks', []));
     },

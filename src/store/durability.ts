@@ -31,6 +31,8 @@ export interface Durability {
   open(dirty: boolean): void;
   /** A commit failed after its transactions returned: every answer fails from now on (see sqlite-driver.ts). */
   poison(e: unknown): void;
+  /** Whether poison() was called: nothing may go on writing from what it read before (the job runner stops). */
+  readonly poisoned: boolean;
   /** A promise that resolves once every commit counted so far is on disk; undefined when they are already. */
   wait(): Promise<void> | undefined;
   /** Runs `fn`; commits it makes are not counted (see the header). `fn` must hold the store's connection. */
@@ -46,6 +48,7 @@ export const SYNCHRONOUS_COMMITS: Durability = {
   committed() {},
   open() {},
   poison() {},
+  poisoned: false,
   wait: () => undefined,
   uncounted: (fn) => fn(),
   counting: true,
@@ -73,9 +76,10 @@ function generation(): Generation {
 
 /**
  * Durability for a SQLite database in WAL mode whose connection runs under `synchronous = NORMAL`.
- * `onFailure` is called once when an fsync fails (it switches the connection to FULL).
+ * `onFailure` is called once when an fsync fails (it switches the connection to FULL); `sync` is
+ * node:fs's fsync (tests observe it).
  */
-export function walDurability(walPath: string, onFailure: (e: unknown) => void): Durability {
+export function walDurability(walPath: string, onFailure: (e: unknown) => void, sync: (fd: number, done: (err: unknown) => void) => void = fsync): Durability {
   let commits = 0;
   let synced = 0;
   let counting = true;
@@ -127,7 +131,7 @@ export function walDurability(walPath: string, onFailure: (e: unknown) => void):
       maybeStart();
     };
     try {
-      fsync(walFd(), done);
+      sync(walFd(), done);
     } catch (e) {
       done(e);
     }
@@ -175,6 +179,9 @@ export function walDurability(walPath: string, onFailure: (e: unknown) => void):
     },
     get counting() {
       return counting;
+    },
+    get poisoned() {
+      return poisoned !== null;
     },
     close() {
       try {

@@ -67,7 +67,7 @@ export function elementRoutes(s: Services) {
   };
 }
 
-function rpcId(body: unknown): RpcId {
+export function rpcId(body: unknown): RpcId {
   const id = (body as { id?: unknown } | undefined)?.id;
   return typeof id === 'string' || typeof id === 'number' ? id : null;
 }
