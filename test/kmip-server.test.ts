@@ -4,7 +4,7 @@
  * batch, Maximum Response Size, ID placeholders), plus REST visibility and rekey-internal, on both
  * stores; and a fuzz run of malformed messages against the running server.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,7 +17,7 @@ import { TtlvFramer } from '../src/kmip/framer.js';
 import { buildRequest, parseResponse, type RequestBatchItem, type ResponseMessage } from '../src/kmip/message.js';
 import { Tag } from '../src/kmip/tags.js';
 import { ItemType, child, children, decodeTtlv, encodeTtlv, ttlv, type Ttlv } from '../src/kmip/ttlv.js';
-import { CryptographicAlgorithm, NameType, ObjectType, Operation, ResultReason, ResultStatus, State } from '../src/kmip/enums.js';
+import { BlockCipherMode, CryptographicAlgorithm, NameType, ObjectType, Operation, PaddingMethod, ResultReason, ResultStatus, State } from '../src/kmip/enums.js';
 
 const run = promisify(execFile);
 const SCRIPT = join(import.meta.dirname, 'kmip', 'pykmip_session.py');
@@ -602,3 +602,208 @@ describe('KMIP server on a store that could not commit', () => {
     }
   });
 });
+
+/** An AES-256 Create with this Cryptographic Usage Mask and, when given, an x-Batch attribute to locate it by. */
+function createWith(mask: number, batch?: string): RequestBatchItem {
+  return {
+    operation: Operation.Create,
+    payload: payload([
+      ttlv.enumeration(Tag.ObjectType, ObjectType.SymmetricKey),
+      ttlv.struct(Tag.TemplateAttribute, [
+        attr('Cryptographic Algorithm', ttlv.enumeration(0, CryptographicAlgorithm.AES)),
+        attr('Cryptographic Length', ttlv.int(0, 256)),
+        attr('Cryptographic Usage Mask', ttlv.int(0, mask)),
+        ...(batch ? [attr('x-Batch', ttlv.text(0, batch))] : []),
+      ]),
+    ]),
+  };
+}
+
+const cryptoParams = (mode: number, padding?: number) =>
+  ttlv.struct(Tag.CryptographicParameters, [ttlv.enumeration(Tag.BlockCipherMode, mode), ...(padding !== undefined ? [ttlv.enumeration(Tag.PaddingMethod, padding)] : [])]);
+
+for (const store of STORES) {
+  describe(`KMIP server on ${store}: committed results, cipher audits, credentials, Locate pages`, () => {
+    let s: TestServer;
+    let pki: Pki;
+    let client: ReturnType<Pki['client']>;
+    let stranger: ReturnType<Pki['client']>;
+    let svm: { uuid: string; name: string };
+    let port: number;
+
+    beforeAll(async () => {
+      pki = makePki('ks-kmip-review-');
+      s = await startWithOkm({ store, kmip: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert } });
+      port = s.app.kmip!.port;
+      const r = await s.call('POST', '/api/svm/svms', { name: 'kmipreview' });
+      svm = { uuid: r.headers.get('location')!.split('/').pop()!, name: 'kmipreview' };
+      await s.call('POST', '/api/security/key-managers', { svm: { name: svm.name }, onboard: { passphrase: PASSPHRASE } });
+      client = pki.client('review.example');
+      stranger = pki.client('review-stranger');
+      expect((await s.call('POST', '/api/security/certificates', { svm: { name: svm.name }, type: 'client', public_certificate: client.pem })).status).toBe(201);
+    });
+    afterAll(() => s?.close());
+
+    it('over the Maximum Response Size, committed items keep their results and only reads answer Response Too Large', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const r = await k.send([createWith(12), { operation: Operation.Activate, payload: payload([]) }, { operation: Operation.Get, payload: payload([]) }], { minor: 2, maximumResponseSize: 64 });
+        expect(r.items.map((i) => [i.operation, i.resultStatus, i.resultReason])).toEqual([
+          [Operation.Create, ResultStatus.Success, undefined],
+          [Operation.Activate, ResultStatus.Success, undefined],
+          [Operation.Get, ResultStatus.OperationFailed, ResultReason.ResponseTooLarge],
+        ]);
+        expect(r.items[2].payload).toBeUndefined();
+        const id = uidOf(r.items[0].payload);
+        expect(id).toMatch(/^dek_/);
+        expect(uidOf(r.items[1].payload)).toBe(id);
+        // The key exists and is Active: the Create and the Activate did happen, as the answer said.
+        const after = await k.send([
+          { operation: Operation.Get, payload: payload([ttlv.text(Tag.UniqueIdentifier, id)]) },
+          { operation: Operation.GetAttributes, payload: payload([ttlv.text(Tag.UniqueIdentifier, id), ttlv.text(Tag.AttributeName, 'State')]) },
+        ]);
+        expect(after.items.map((i) => i.resultStatus)).toEqual([ResultStatus.Success, ResultStatus.Success]);
+        const material = child(child(child(child(after.items[0].payload!, Tag.SymmetricKey)!, Tag.KeyBlock)!, Tag.KeyValue)!, Tag.KeyMaterial)!.value as Buffer;
+        expect(material).toHaveLength(32);
+        expect(child(child(after.items[1].payload!, Tag.Attribute)!, Tag.AttributeValue)!.value).toBe(State.Active);
+        // A Destroy that committed is reported done even when the response stays over the maximum.
+        const gone = await k.send([{ operation: Operation.Revoke, payload: payload([ttlv.text(Tag.UniqueIdentifier, id), ttlv.struct(Tag.RevocationReason, [ttlv.enumeration(Tag.RevocationReasonCode, 5)])]) }, { operation: Operation.Destroy, payload: payload([]) }], { maximumResponseSize: 16 });
+        expect(gone.items.map((i) => i.resultStatus)).toEqual([ResultStatus.Success, ResultStatus.Success]);
+        expect((await s.call('GET', `/api/v1/svms/${svm.uuid}/keys/${id}`)).body).toMatchObject({ id, state: 'destroyed' });
+      } finally {
+        k.close();
+      }
+    });
+
+    it('Encrypt/Decrypt audit the real outcome: a wrong GCM tag or bad CBC padding is Cryptographic Failure and audited as a failure, never as a success', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const cr = await k.send([createWith(12), { operation: Operation.Activate, payload: payload([]) }]);
+        const id = uidOf(cr.items[0].payload);
+        const plain = randomBytes(40);
+        const enc = await k.send([{ operation: Operation.Encrypt, payload: payload([ttlv.text(Tag.UniqueIdentifier, id), cryptoParams(BlockCipherMode.GCM), ttlv.bytes(Tag.Data, plain)]) }]);
+        expect(enc.items[0].resultStatus).toBe(ResultStatus.Success);
+        const ct = child(enc.items[0].payload!, Tag.Data)!.value as Buffer;
+        const iv = child(enc.items[0].payload!, Tag.IVCounterNonce)!.value as Buffer;
+        const tag = child(enc.items[0].payload!, Tag.AuthenticatedEncryptionTag)!.value as Buffer;
+        const decrypt = (t: Buffer) => ({ operation: Operation.Decrypt, payload: payload([ttlv.text(Tag.UniqueIdentifier, id), cryptoParams(BlockCipherMode.GCM), ttlv.bytes(Tag.Data, ct), ttlv.bytes(Tag.IVCounterNonce, iv), ttlv.bytes(Tag.AuthenticatedEncryptionTag, t)]) });
+        const wrong = Buffer.from(tag);
+        wrong[0] ^= 1;
+        const bad = await k.send([decrypt(wrong)]);
+        expect(bad.items[0]).toMatchObject({ resultStatus: ResultStatus.OperationFailed, resultReason: ResultReason.CryptographicFailure });
+        expect(bad.items[0].payload).toBeUndefined();
+        // CBC: a block ending in 0x00, encrypted without padding, does not decrypt with PKCS5 padding.
+        const block = Buffer.concat([randomBytes(15), Buffer.from([0])]);
+        const cbc = await k.send([{ operation: Operation.Encrypt, payload: payload([ttlv.text(Tag.UniqueIdentifier, id), cryptoParams(BlockCipherMode.CBC, PaddingMethod.None), ttlv.bytes(Tag.Data, block)]) }]);
+        expect(cbc.items[0].resultStatus).toBe(ResultStatus.Success);
+        const cbcBad = await k.send([
+          {
+            operation: Operation.Decrypt,
+            payload: payload([ttlv.text(Tag.UniqueIdentifier, id), cryptoParams(BlockCipherMode.CBC, PaddingMethod.PKCS5), ttlv.bytes(Tag.Data, child(cbc.items[0].payload!, Tag.Data)!.value as Buffer), ttlv.bytes(Tag.IVCounterNonce, child(cbc.items[0].payload!, Tag.IVCounterNonce)!.value as Buffer)]),
+          },
+        ]);
+        expect(cbcBad.items[0]).toMatchObject({ resultStatus: ResultStatus.OperationFailed, resultReason: ResultReason.CryptographicFailure });
+        const outcomes = async () => [...(await s.app.services.audit.query({ objectId: id, limit: 50 }))].sort((a, b) => Number(a.seq) - Number(b.seq));
+        const events = await outcomes();
+        expect(events.filter((e) => e.action === 'kmip.decrypt')).toEqual([]);
+        const failures = events.filter((e) => e.action === 'kmip.Decrypt');
+        expect(failures.map((e) => [e.outcome, JSON.parse(String(e.detail)).reason])).toEqual([
+          ['failure', 'CryptographicFailure'],
+          ['failure', 'CryptographicFailure'],
+        ]);
+        expect(events.filter((e) => e.action === 'kmip.encrypt').map((e) => e.outcome)).toEqual(['success', 'success']);
+        // The right tag decrypts, and only then is a decrypt audited as a success.
+        const good = await k.send([decrypt(tag)]);
+        expect((child(good.items[0].payload!, Tag.Data)!.value as Buffer).equals(plain)).toBe(true);
+        expect((await outcomes()).filter((e) => e.action === 'kmip.decrypt').map((e) => e.outcome)).toEqual(['success']);
+        // The usage mask alone still decides: a decrypt-only key does not encrypt.
+        const dOnly = uidOf((await k.send([createWith(8), { operation: Operation.Activate, payload: payload([]) }])).items[0].payload);
+        const refused = await k.send([{ operation: Operation.Encrypt, payload: payload([ttlv.text(Tag.UniqueIdentifier, dOnly), cryptoParams(BlockCipherMode.GCM), ttlv.bytes(Tag.Data, plain)]) }]);
+        expect(refused.items[0]).toMatchObject({ resultStatus: ResultStatus.OperationFailed, resultReason: ResultReason.PermissionDenied });
+      } finally {
+        k.close();
+      }
+    });
+
+    it('a Username/Password credential is verified once per connection (again after a minute or another credential); a wrong one is still refused', async () => {
+      const password = `kmip-pw-${randomBytes(8).toString('hex')}`;
+      noteSecret(password);
+      const u = await s.call('POST', '/api/v1/auth/users', { name: `ontap-${randomBytes(3).toString('hex')}`, password, role: 'application', svms: [svm.name] });
+      expect(u.status).toBe(201);
+      const auth = s.app.services.auth;
+      const real = auth.authenticate;
+      let verified = 0;
+      auth.authenticate = (header) => {
+        verified += 1;
+        return real(header);
+      };
+      const k = await RawKmip.connect(port, pki, stranger);
+      const as = (pw: string) => k.send([createWith(12)], { authentication: { username: u.body.name, password: pw } });
+      try {
+        const first = await as(password);
+        const second = await as(password);
+        expect([first.items[0].resultStatus, second.items[0].resultStatus]).toEqual([ResultStatus.Success, ResultStatus.Success]);
+        expect(verified).toBe(1);
+        const events = await s.app.services.audit.query({ objectId: uidOf(second.items[0].payload), limit: 10 });
+        expect(events.find((e) => e.action === 'kmip.create')!.actor).toBe(`user:${u.body.name}:${u.body.id}`);
+        const wrong = await as('not the password at all');
+        expect(wrong.items[0]).toMatchObject({ resultStatus: ResultStatus.OperationFailed, resultReason: ResultReason.AuthenticationNotSuccessful });
+        expect(verified).toBe(2);
+        // The credential remembered was dropped: the right one is verified again.
+        expect((await as(password)).items[0].resultStatus).toBe(ResultStatus.Success);
+        expect(verified).toBe(3);
+        // A minute later it is verified again (a removed user does not stay valid on an open connection).
+        const now = Date.now;
+        const later = vi.spyOn(Date, 'now').mockImplementation(() => now.call(Date) + 61_000);
+        try {
+          expect((await as(password)).items[0].resultStatus).toBe(ResultStatus.Success);
+        } finally {
+          later.mockRestore();
+        }
+        expect(verified).toBe(4);
+        // Another connection verifies for itself.
+        const k2 = await RawKmip.connect(port, pki, stranger);
+        try {
+          expect((await k2.send([createWith(12)], { authentication: { username: u.body.name, password } })).items[0].resultStatus).toBe(ResultStatus.Success);
+        } finally {
+          k2.close();
+        }
+        expect(verified).toBe(5);
+      } finally {
+        auth.authenticate = real;
+        k.close();
+      }
+    });
+
+    it('Locate pages in the database: Maximum Items, Offset Items and Located Items as before, by Unique Identifier too', async () => {
+      const k = await RawKmip.connect(port, pki, client);
+      try {
+        const batch = `b-${randomBytes(4).toString('hex')}`;
+        const made = await k.send([createWith(12, batch), createWith(12, batch), createWith(12, batch)]);
+        const created = made.items.map((i) => uidOf(i.payload));
+        const locate = async (extra: Ttlv[], minor = 4) => {
+          const r = await k.send([{ operation: Operation.Locate, payload: payload([attr('x-Batch', ttlv.text(0, batch)), ...extra]) }], { minor });
+          expect(r.items[0].resultStatus).toBe(ResultStatus.Success);
+          return { ids: children(r.items[0].payload!, Tag.UniqueIdentifier).map((u) => u.value as string), located: child(r.items[0].payload!, Tag.LocatedItems)?.value };
+        };
+        const all = await locate([]);
+        expect([...all.ids].sort()).toEqual([...created].sort());
+        expect(all.located).toBe(3);
+        const max = (n: number) => ttlv.int(Tag.MaximumItems, n);
+        const off = (n: number) => ttlv.int(Tag.OffsetItems, n);
+        expect(await locate([max(2)])).toEqual({ ids: all.ids.slice(0, 2), located: 3 });
+        expect(await locate([max(2), off(2)])).toEqual({ ids: all.ids.slice(2), located: 3 });
+        expect(await locate([off(1)])).toEqual({ ids: all.ids.slice(1), located: 3 });
+        expect(await locate([off(5)])).toEqual({ ids: [], located: 3 });
+        expect(await locate([max(0)])).toEqual({ ids: [], located: 3 });
+        expect(await locate([max(1), off(1)], 1)).toEqual({ ids: all.ids.slice(1, 2), located: undefined });
+        const byId = [attr('Unique Identifier', ttlv.text(0, created[1]))];
+        expect(await locate(byId)).toEqual({ ids: [created[1]], located: 1 });
+        expect(await locate([...byId, off(1)])).toEqual({ ids: [], located: 1 });
+        expect(await locate([attr('Unique Identifier', ttlv.text(0, 'dek_nope'))])).toEqual({ ids: [], located: 0 });
+      } finally {
+        k.close();
+      }
+    });
+  });
+}

@@ -189,6 +189,34 @@ export function createKmipObjectService(deps: { db: Db; deks: DekService; dekRep
       return m;
     },
 
+    /**
+     * Runs `run` (Encrypt/Decrypt's cipher) with the plaintext of a key, zeroed afterwards. The use is
+     * audited as a success only once `run` returned: a cipher that fails (wrong tag, bad padding)
+     * throws, records nothing here, and is audited by the server as the operation's failure.
+     * `defer` as for `material`.
+     */
+    async withMaterial<T>(p: KmipPrincipal, requestId: string, row: DekRow, use: string, run: (key: Buffer) => T, defer?: (recorded: Promise<void>) => void): Promise<T> {
+      const key = await deps.deks.material(p.svm, row);
+      let out: T;
+      try {
+        out = run(key);
+      } finally {
+        key.fill(0);
+      }
+      const recorded = audit.record({ actor: p.actor, requestId, action: `kmip.${use}`, outcome: 'success', objectType: 'key', objectId: row.id, svmUuid: p.svm.uuid });
+      if (defer) defer(recorded);
+      else await recorded;
+      return out;
+    },
+
+    /** The object's Cryptographic Usage Mask (its first value), reading only that attribute. */
+    async usageMask(row: DekRow): Promise<number | undefined> {
+      const r = (await repo.listNamed(row.id, 'Cryptographic Usage Mask'))[0];
+      if (!r) return undefined;
+      const v = decodeTtlv(Buffer.from(r.raw));
+      return v.type === ItemType.Integer ? v.value : undefined;
+    },
+
     async transition(p: KmipPrincipal, requestId: string, id: string, action: KeyAction): Promise<DekRow> {
       try {
         return await deps.deks.transition(p.svm, id, action, who(p, requestId));
@@ -238,8 +266,11 @@ export function createKmipObjectService(deps: { db: Db; deks: DekService; dekRep
       return out;
     },
 
-    /** Locate: server attributes filter the key rows, the others must match stored values. */
-    async locate(p: KmipPrincipal, attrs: Attr[], offset: number, limit: number): Promise<string[]> {
+    /**
+     * Locate: server attributes filter the key rows, the others must match stored values. Only the
+     * first `page.within` matches (by id) are paged and counted; `count` asks for how many matched.
+     */
+    async locate(p: KmipPrincipal, attrs: Attr[], page: { offset: number; limit: number; within: number; count: boolean }): Promise<{ ids: string[]; count?: number }> {
       let objectType: string | null | undefined;
       let states: string[] | undefined;
       let algorithm: string | undefined;
@@ -277,9 +308,9 @@ export function createKmipObjectService(deps: { db: Db; deks: DekService; dekRep
             stored.push({ name: a.name, value: searchValue(a.name, v) });
         }
       }
+      // The first Unique Identifier given names the object; any further one is not a filter.
       const byId = stored.find((s) => s.name === '_id');
-      const ids = await repo.locate({ svmUuid: p.svm.uuid, objectType, states, algorithm, length, attributes: stored.filter((s) => s.name !== '_id'), offset, limit: byId ? 1_000_000 : limit });
-      return byId ? ids.filter((i) => i === byId.value).slice(offset, offset + limit) : ids;
+      return repo.locate({ svmUuid: p.svm.uuid, id: byId?.value, objectType, states, algorithm, length, attributes: stored.filter((s) => s.name !== '_id'), ...page });
     },
 
     /** Links old → new (Replacement Object) and new → old (Replaced Object), in the new key's transaction. */

@@ -6,7 +6,10 @@
  *   handshake fails). Who it is comes from the certificates resource: a `client` certificate
  *   installed for an SVM with the same fingerprint makes it a principal of that SVM; a request's
  *   Username/Password credential, when sent, must be a local user's and names the principal
- *   instead. Without either, only Discover Versions and Query are answered.
+ *   instead. Without either, only Discover Versions and Query are answered. A connection keeps its
+ *   last verified credential (the user name and an HMAC of the password under a per-process key,
+ *   never the password) for CREDENTIAL_TTL_MS, so a removed user or changed password stops working
+ *   on a connection already open within that time; any other credential is verified afresh.
  * - Bytes are framed before they are decoded; a declared length over the maximum is refused before
  *   anything is allocated for it and the connection is closed. Undecodable messages are answered
  *   with Invalid Message (in KMIP 1.0 when not even the version could be read) and the connection
@@ -16,8 +19,11 @@
  *   then closes every connection.
  * - Failures answer Operation Failed with a Result Reason and a Result Message; internal details
  *   are logged, never sent. No key material or password is logged or audited.
+ * - A client is never told that a change which committed failed: over the Maximum Response Size,
+ *   only read-only items give up their answer (Response Too Large).
  */
 import tls from 'node:tls';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import { KeysmithError, KMIP_REASONS } from '../errors.js';
 import { newId } from '../ids.js';
@@ -38,6 +44,11 @@ import { SUPPORTED_VERSIONS, isSupportedVersion } from './operations/discover-qu
 
 /** How long an open connection trusts its certificate's principal before looking again. */
 const CERT_PRINCIPAL_TTL_MS = 5_000;
+/**
+ * How long an open connection trusts a Username/Password credential it verified (argon2id, tens of
+ * ms) before verifying it again: the bound on how long a removed user keeps an open connection.
+ */
+const CREDENTIAL_TTL_MS = 60_000;
 export interface KmipServerOptions {
   host: string;
   port: number;
@@ -94,6 +105,27 @@ const CAN_DATA: Principal['role'][] = ['cluster-admin', 'svm-admin', 'applicatio
 /** Operations whose handlers hand their audit record to the server (OpContext.deferAudit). */
 const DEFERRING_OPERATIONS = new Set<number>([Operation.Get, Operation.Encrypt, Operation.Decrypt]);
 
+/**
+ * Operations that change no object: their answer may be withheld (Response Too Large) and asked for
+ * again. Any other operation's result is always sent as it is.
+ */
+const READ_ONLY_OPERATIONS = new Set<number>([
+  Operation.DiscoverVersions,
+  Operation.Query,
+  Operation.Locate,
+  Operation.Check,
+  Operation.Get,
+  Operation.GetAttributes,
+  Operation.GetAttributeList,
+  Operation.Encrypt,
+  Operation.Decrypt,
+]);
+
+interface Identify {
+  cert: () => Promise<KmipPrincipal | null>;
+  credential: (username: string, password: string) => Promise<KmipPrincipal>;
+}
+
 export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions): KmipServer {
   const { log, audit } = deps;
   const maxMessageBytes = opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE;
@@ -111,6 +143,8 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
     handshakeTimeout: 10_000,
   });
   server.on('tlsClientError', (e) => log.debug({ err: { message: e.message } }, 'KMIP TLS handshake failed'));
+  // Connections remember a verified password only as an HMAC under this key, useless outside this process.
+  const credentialKey = randomBytes(32);
 
   async function credentialPrincipal(username: string, password: string): Promise<KmipPrincipal> {
     let p: Principal;
@@ -160,6 +194,21 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
         return { actor: `certificate:${hit.certificate.common_name ?? hit.certificate.name}:${hit.certificate.uuid}`, svm: hit.svm };
       })();
 
+    // The last Username/Password credential verified on this connection (see CREDENTIAL_TTL_MS).
+    let credential: { username: string; mac: Buffer; principal: KmipPrincipal; at: number } | undefined;
+    const principalOfCredential = async (username: string, password: string): Promise<KmipPrincipal> => {
+      const mac = createHmac('sha256', credentialKey).update(password, 'utf8').digest();
+      const now = Date.now();
+      const c = credential;
+      if (c && c.username === username && timingSafeEqual(c.mac, mac) && now - c.at < CREDENTIAL_TTL_MS) return c.principal;
+      // Another or an expired credential: the one remembered is dropped whatever this one's outcome.
+      credential = undefined;
+      const principal = await credentialPrincipal(username, password);
+      credential = { username, mac, principal, at: now };
+      return principal;
+    };
+    const identify: Identify = { cert: principalOfCert, credential: principalOfCredential };
+
     const framer = new TtlvFramer({ maxMessageBytes });
     let chain: Promise<void> = Promise.resolve();
     let pending = 0;
@@ -197,7 +246,7 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
         pending += 1;
         if (pending >= MAX_PENDING) socket.pause();
         chain = chain
-          .then(() => handle(f, principalOfCert))
+          .then(() => handle(f, identify))
           .then(send, (e) => {
             log.error({ err: { message: (e as Error).message, stack: (e as Error).stack } }, 'KMIP message failed');
             send(invalidMessage(V1_0, 'internal error'));
@@ -211,7 +260,7 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
   }
   server.on('secureConnection', onConnection);
 
-  async function handle(frame: Buffer, principalOfCert: () => Promise<KmipPrincipal | null>): Promise<Buffer> {
+  async function handle(frame: Buffer, identify: Identify): Promise<Buffer> {
     let t: Ttlv;
     try {
       t = decodeTtlv(frame);
@@ -232,9 +281,9 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
     let authError: KmipError | null = null;
     try {
       const a = req.header.authentication;
-      if (a && 'username' in a) principal = await credentialPrincipal(a.username, a.password);
+      if (a && 'username' in a) principal = await identify.credential(a.username, a.password);
       else if (a) throw new KmipError(ResultReason.AuthenticationNotSuccessful, 'only Username and Password credentials are supported');
-      else principal = await principalOfCert();
+      else principal = await identify.cert();
       if (!principal) authError = new KmipError(ResultReason.AuthenticationNotSuccessful, 'the client certificate is not installed as a client certificate of any SVM');
     } catch (e) {
       if (!(e instanceof KmipError)) throw e;
@@ -308,8 +357,20 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
     let out = encodeTtlv(buildResponse({ protocolVersion: version, timeStamp: nowSeconds(), items }));
     const max = req.header.maximumResponseSize;
     if (max !== undefined && out.length > max) {
-      const tooLarge = items.map((i) => failure(ResultReason.ResponseTooLarge, `the response (${out.length} bytes) exceeds Maximum Response Size ${max}`, { operation: i.operation, uniqueBatchItemId: i.uniqueBatchItemId }));
-      out = encodeTtlv(buildResponse({ protocolVersion: version, timeStamp: nowSeconds(), items: tooLarge }));
+      // KMIP answers a response over the client's Maximum Response Size with Response Too Large. Items
+      // that changed something (Create, Register, Activate, Destroy, …) have committed: told they
+      // failed, a client would retry a Create (leaving an orphan key) or think a destroyed key still
+      // exists. So only successful read-only items give up their answer; they can be asked again.
+      const size = out.length;
+      const withheld = items.map((i) =>
+        i.resultStatus === ResultStatus.Success && i.operation !== undefined && READ_ONLY_OPERATIONS.has(i.operation)
+          ? failure(ResultReason.ResponseTooLarge, `the response (${size} bytes) exceeds Maximum Response Size ${max}`, { operation: i.operation, uniqueBatchItemId: i.uniqueBatchItemId })
+          : i,
+      );
+      out = encodeTtlv(buildResponse({ protocolVersion: version, timeStamp: nowSeconds(), items: withheld }));
+      // Still too large: what is left are committed results and refusals. They are sent as they are,
+      // over the maximum, because no smaller answer would be true.
+      if (out.length > max) log.debug({ size: out.length, max }, 'KMIP response over the Maximum Response Size once every read was withheld');
     }
     return out;
   }
@@ -330,7 +391,7 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
     }
     if (ctx)
       await audit
-        .record({ actor: ctx.principal.actor, requestId: ctx.requestId, action: `kmip.${enumName(Operation, operation)}`, outcome: 'failure', objectType: 'key', svmUuid: ctx.principal.svm.uuid, detail: { reason: enumName(ResultReason, reason) } })
+        .record({ actor: ctx.principal.actor, requestId: ctx.requestId, action: `kmip.${enumName(Operation, operation)}`, outcome: 'failure', objectType: 'key', objectId: e instanceof KmipError ? e.objectId : undefined, svmUuid: ctx.principal.svm.uuid, detail: { reason: enumName(ResultReason, reason) } })
         .catch((err) => log.error({ err: { message: (err as Error).message } }, 'audit of a KMIP refusal failed'));
     return failure(reason, message, base);
   }

@@ -1,5 +1,5 @@
 /** SQL for KMIP: attributes of the keys served over KMIP, and Locate. */
-import type { CompiledQuery } from 'kysely';
+import { sql, type CompiledQuery } from 'kysely';
 import type SQLite from 'better-sqlite3';
 import type { Conn, KmipAttributeTable } from './schema.js';
 import type { DekRow } from './dek-repo.js';
@@ -15,8 +15,14 @@ export interface LocateFilter {
   length?: number;
   /** Stored attributes that must all be present with these searchable values. */
   attributes: { name: string; value: string }[];
+  /** One object by its id (Locate by Unique Identifier). */
+  id?: string;
   offset: number;
   limit: number;
+  /** Only the first `within` matches (oldest first) are paged and counted. */
+  within: number;
+  /** Also count the matches (up to `within`). */
+  count: boolean;
 }
 
 /** A precompiled query with fresh parameters (a literal: `{ ...q, parameters }` is slow on Node 20). */
@@ -63,9 +69,14 @@ export function createKmipRepo(db: Conn, raw?: SQLite.Database) {
       tx.deleteFrom('kmip_attributes').where('object_id', '=', objectId).where('name', '=', name).where('idx', '=', idx).executeTakeFirst(),
     replace: (row: KmipAttributeRow, tx: Conn = db) =>
       tx.updateTable('kmip_attributes').set({ value: row.value, raw: row.raw }).where('object_id', '=', row.object_id).where('name', '=', row.name).where('idx', '=', row.idx).executeTakeFirst(),
-    /** Ids of a tenant's keys matching every filter, oldest first. */
-    locate: async (f: LocateFilter, tx: Conn = db): Promise<string[]> => {
+    /**
+     * Ids of a tenant's keys matching every filter, oldest first: the page [offset, offset + limit)
+     * of the first `within` matches, and with `count` how many of those there are. The page is cut
+     * by the database, so no more ids than it holds are read.
+     */
+    locate: async (f: LocateFilter, tx: Conn = db): Promise<{ ids: string[]; count?: number }> => {
       let q = tx.selectFrom('deks').select('deks.id').where('deks.svm_uuid', '=', f.svmUuid);
+      if (f.id !== undefined) q = q.where('deks.id', '=', f.id);
       if (f.objectType === null) q = q.where('deks.object_type', 'is', null);
       else if (f.objectType !== undefined) q = q.where('deks.object_type', '=', f.objectType);
       if (f.states) q = q.where('deks.state', 'in', f.states);
@@ -82,8 +93,17 @@ export function createKmipRepo(db: Conn, raw?: SQLite.Database) {
               .where('kmip_attributes.value', '=', a.value),
           ),
         );
-      const rows = await q.orderBy('deks.id').limit(f.limit).offset(f.offset).execute();
-      return rows.map((r) => r.id);
+      const limit = Math.max(0, Math.min(f.limit, f.within - f.offset));
+      if (!f.count) return { ids: limit === 0 ? [] : (await q.orderBy('deks.id').limit(limit).offset(f.offset).execute()).map((r) => r.id) };
+      const first = q.orderBy('deks.id').limit(f.within).as('m');
+      if (limit > 0) {
+        // The page and the count in one statement (one snapshot): the window counts before LIMIT applies.
+        const rows = await tx.selectFrom(first).select(['m.id', sql<number | string>`count(*) over ()`.as('n')]).orderBy('m.id').limit(limit).offset(f.offset).execute();
+        if (rows.length > 0 || f.offset === 0) return { ids: rows.map((r) => r.id), count: rows.length > 0 ? Number(rows[0].n) : 0 };
+      }
+      // An empty page carries no count: count on its own.
+      const c = await tx.selectFrom(first).select((eb) => eb.fn.countAll<number | string>().as('n')).executeTakeFirstOrThrow();
+      return { ids: [], count: Number(c.n) };
     },
   };
 }

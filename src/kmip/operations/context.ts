@@ -11,6 +11,8 @@ export class KmipError extends Error {
   constructor(
     readonly reason: number,
     message: string,
+    /** The object the refused operation was about, for the failure's audit record. */
+    readonly objectId?: string,
   ) {
     super(message);
     this.name = 'KmipError';

@@ -1,6 +1,8 @@
 /**
  * Encrypt and Decrypt with a stored AES key (node:crypto only): AES-GCM, and AES-CBC with PKCS5
  * padding or none. Without an IV from the client the server makes a random one and returns it.
+ * A use is audited once its cipher ran: a success by withMaterial, a failure (wrong tag, bad padding)
+ * by the server as the operation's refusal, naming the key.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { Tag } from '../tags.js';
@@ -38,16 +40,17 @@ function params(payload: Ttlv | undefined): Params {
   return { mode, padding, randomIv: r?.type === ItemType.Boolean ? r.value : false, tagLength };
 }
 
-async function usableKey(ctx: OpContext, payload: Ttlv | undefined, use: 'encrypt' | 'decrypt'): Promise<{ row: DekRow; key: Buffer }> {
+/** The key the request names, if it may be used that way; its material is read later, by withMaterial. */
+async function usableKey(ctx: OpContext, payload: Ttlv | undefined, use: 'encrypt' | 'decrypt'): Promise<DekRow> {
   const id = uniqueId(ctx, payload);
   const row = await ctx.objects.find(ctx.principal.svm, id);
   if (row.object_type || row.algorithm !== 'AES') throw new KmipError(ResultReason.InvalidField, 'the object is not an AES key');
   const ok = use === 'encrypt' ? row.state === 'active' : row.state === 'active' || row.state === 'deactivated' || row.state === 'compromised';
   if (!ok) throw new KmipError(ctx.v2 ? ResultReason.WrongKeyLifecycleState : ResultReason.PermissionDenied, `a ${row.state} key cannot ${use}`);
-  const mask = (await ctx.objects.stored(row)).find((a) => a.name === 'Cryptographic Usage Mask')?.value;
+  const mask = await ctx.objects.usageMask(row);
   const bit = use === 'encrypt' ? CryptographicUsageMask.Encrypt : CryptographicUsageMask.Decrypt;
-  if (mask && typeof mask.value === 'number' && (mask.value & bit) === 0) throw new KmipError(ctx.v2 ? ResultReason.IncompatibleCryptographicUsageMask : ResultReason.PermissionDenied, `the key's usage mask does not allow ${use}`);
-  return { row, key: await ctx.objects.material(ctx.principal, ctx.requestId, row, use, ctx.deferAudit) };
+  if (mask !== undefined && (mask & bit) === 0) throw new KmipError(ctx.v2 ? ResultReason.IncompatibleCryptographicUsageMask : ResultReason.PermissionDenied, `the key's usage mask does not allow ${use}`);
+  return row;
 }
 
 function data(payload: Ttlv | undefined): Buffer {
@@ -67,30 +70,37 @@ export const encrypt: OperationHandler = async (ctx, payload) => {
   const ivLen = p.mode === BlockCipherMode.GCM ? 12 : 16;
   if (given && (p.mode === BlockCipherMode.CBC ? given.length !== 16 : given.length < 12 || given.length > 64)) throw new KmipError(ResultReason.InvalidField, 'IV/Counter/Nonce has the wrong length');
   const aad = bytesField(payload, Tag.AuthenticatedEncryptionAdditionalData, 'Authenticated Encryption Additional Data');
-  const { row, key } = await usableKey(ctx, payload, 'encrypt');
+  const row = await usableKey(ctx, payload, 'encrypt');
   const iv = given ?? randomBytes(ivLen);
-  try {
-    const out: Ttlv[] = [ttlv.text(Tag.UniqueIdentifier, row.id)];
-    if (p.mode === BlockCipherMode.GCM) {
-      const c = createCipheriv(cipherName(p.mode, key) as 'aes-256-gcm', key, iv, { authTagLength: p.tagLength });
-      if (aad) c.setAAD(aad);
-      const ct = Buffer.concat([c.update(plain), c.final()]);
-      out.push(ttlv.bytes(Tag.Data, ct));
-      if (!given) out.push(ttlv.bytes(Tag.IVCounterNonce, iv));
-      out.push(ttlv.bytes(Tag.AuthenticatedEncryptionTag, c.getAuthTag()));
-    } else {
-      const c = createCipheriv(cipherName(p.mode, key), key, iv);
-      c.setAutoPadding(p.padding === PaddingMethod.PKCS5);
-      const ct = Buffer.concat([c.update(plain), c.final()]);
-      out.push(ttlv.bytes(Tag.Data, ct));
-      if (!given) out.push(ttlv.bytes(Tag.IVCounterNonce, iv));
-    }
-    return out;
-  } catch {
-    throw new KmipError(ResultReason.CryptographicFailure, 'encryption failed (without padding, CBC needs whole 16-byte blocks)');
-  } finally {
-    key.fill(0);
-  }
+  return ctx.objects.withMaterial(
+    ctx.principal,
+    ctx.requestId,
+    row,
+    'encrypt',
+    (key) => {
+      try {
+        const out: Ttlv[] = [ttlv.text(Tag.UniqueIdentifier, row.id)];
+        if (p.mode === BlockCipherMode.GCM) {
+          const c = createCipheriv(cipherName(p.mode, key) as 'aes-256-gcm', key, iv, { authTagLength: p.tagLength });
+          if (aad) c.setAAD(aad);
+          const ct = Buffer.concat([c.update(plain), c.final()]);
+          out.push(ttlv.bytes(Tag.Data, ct));
+          if (!given) out.push(ttlv.bytes(Tag.IVCounterNonce, iv));
+          out.push(ttlv.bytes(Tag.AuthenticatedEncryptionTag, c.getAuthTag()));
+        } else {
+          const c = createCipheriv(cipherName(p.mode, key), key, iv);
+          c.setAutoPadding(p.padding === PaddingMethod.PKCS5);
+          const ct = Buffer.concat([c.update(plain), c.final()]);
+          out.push(ttlv.bytes(Tag.Data, ct));
+          if (!given) out.push(ttlv.bytes(Tag.IVCounterNonce, iv));
+        }
+        return out;
+      } catch {
+        throw new KmipError(ResultReason.CryptographicFailure, 'encryption failed (without padding, CBC needs whole 16-byte blocks)', row.id);
+      }
+    },
+    ctx.deferAudit,
+  );
 };
 
 export const decrypt: OperationHandler = async (ctx, payload) => {
@@ -102,23 +112,30 @@ export const decrypt: OperationHandler = async (ctx, payload) => {
   const aad = bytesField(payload, Tag.AuthenticatedEncryptionAdditionalData, 'Authenticated Encryption Additional Data');
   const tag = bytesField(payload, Tag.AuthenticatedEncryptionTag, 'Authenticated Encryption Tag');
   if (p.mode === BlockCipherMode.GCM && (!tag || tag.length < 12 || tag.length > 16)) throw new KmipError(ResultReason.InvalidField, 'GCM needs an Authenticated Encryption Tag of 12..16 bytes');
-  const { row, key } = await usableKey(ctx, payload, 'decrypt');
-  try {
-    let plain: Buffer;
-    if (p.mode === BlockCipherMode.GCM) {
-      const d = createDecipheriv(cipherName(p.mode, key) as 'aes-256-gcm', key, iv, { authTagLength: tag!.length });
-      if (aad) d.setAAD(aad);
-      d.setAuthTag(tag!);
-      plain = Buffer.concat([d.update(ct), d.final()]);
-    } else {
-      const d = createDecipheriv(cipherName(p.mode, key), key, iv);
-      d.setAutoPadding(p.padding === PaddingMethod.PKCS5);
-      plain = Buffer.concat([d.update(ct), d.final()]);
-    }
-    return [ttlv.text(Tag.UniqueIdentifier, row.id), ttlv.bytes(Tag.Data, plain)];
-  } catch {
-    throw new KmipError(ResultReason.CryptographicFailure, 'decryption failed: wrong key, IV, tag or padding');
-  } finally {
-    key.fill(0);
-  }
+  const row = await usableKey(ctx, payload, 'decrypt');
+  return ctx.objects.withMaterial(
+    ctx.principal,
+    ctx.requestId,
+    row,
+    'decrypt',
+    (key) => {
+      try {
+        let plain: Buffer;
+        if (p.mode === BlockCipherMode.GCM) {
+          const d = createDecipheriv(cipherName(p.mode, key) as 'aes-256-gcm', key, iv, { authTagLength: tag!.length });
+          if (aad) d.setAAD(aad);
+          d.setAuthTag(tag!);
+          plain = Buffer.concat([d.update(ct), d.final()]);
+        } else {
+          const d = createDecipheriv(cipherName(p.mode, key), key, iv);
+          d.setAutoPadding(p.padding === PaddingMethod.PKCS5);
+          plain = Buffer.concat([d.update(ct), d.final()]);
+        }
+        return [ttlv.text(Tag.UniqueIdentifier, row.id), ttlv.bytes(Tag.Data, plain)];
+      } catch {
+        throw new KmipError(ResultReason.CryptographicFailure, 'decryption failed: wrong key, IV, tag or padding', row.id);
+      }
+    },
+    ctx.deferAudit,
+  );
 };

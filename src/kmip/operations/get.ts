@@ -63,8 +63,7 @@ export const check: OperationHandler = async (ctx, payload) => {
   const row = await ctx.objects.find(ctx.principal.svm, id);
   if (!row.wrapped) throw new KmipError(ResultReason.KeyValueNotPresent, `object ${id} has been destroyed`);
   if (mask !== undefined) {
-    const stored = (await ctx.objects.attributes(row)).find((a) => a.name === 'Cryptographic Usage Mask')?.value;
-    const allowed = stored && typeof stored.value === 'number' ? stored.value : 0xffffffff;
+    const allowed = (await ctx.objects.usageMask(row)) ?? 0xffffffff;
     if ((mask & ~allowed) !== 0) throw new KmipError(ctx.v2 ? ResultReason.IncompatibleCryptographicUsageMask : ResultReason.PermissionDenied, 'the object’s Cryptographic Usage Mask does not allow that use');
   }
   return [ttlv.text(Tag.UniqueIdentifier, row.id)];

@@ -7,6 +7,7 @@ import { KmipError, field, intField, type OperationHandler } from './context.js'
 
 /** How many identifiers one Locate answers at most without Maximum Items (the message limit bounds it anyway). */
 const DEFAULT_MAX = 1000;
+/** Only the first this many matches are paged and counted (Located Items): bounds the database's work. */
 const SCAN_MAX = 100_000;
 
 export const locate: OperationHandler = async (ctx, payload) => {
@@ -20,11 +21,11 @@ export const locate: OperationHandler = async (ctx, payload) => {
     const a2 = field(payload, Tag.Attributes);
     if (a2 && a2.type === ItemType.Structure) for (const c of a2.value) attrs.push(readAttribute2(c));
   }
-  const ids = await ctx.objects.locate(ctx.principal, attrs, 0, SCAN_MAX);
-  const page = ids.slice(offset, offset + Math.min(max ?? DEFAULT_MAX, SCAN_MAX));
-  const out: Ttlv[] = [];
   // Located Items (1.3+): how many objects matched before Offset and Maximum Items were applied.
-  if (ctx.version.major >= 2 || ctx.version.minor >= 3) out.push(ttlv.int(Tag.LocatedItems, ids.length));
-  for (const id of page) out.push(ttlv.text(Tag.UniqueIdentifier, id));
+  const counted = ctx.version.major >= 2 || ctx.version.minor >= 3;
+  const { ids, count } = await ctx.objects.locate(ctx.principal, attrs, { offset, limit: Math.min(max ?? DEFAULT_MAX, SCAN_MAX), within: SCAN_MAX, count: counted });
+  const out: Ttlv[] = [];
+  if (counted) out.push(ttlv.int(Tag.LocatedItems, count ?? 0));
+  for (const id of ids) out.push(ttlv.text(Tag.UniqueIdentifier, id));
   return out;
 };
