@@ -6,15 +6,22 @@
  * - A configuration is recorded only after its servers were reached over mutual TLS with the
  *   certificates named, and its root key was created there, activated and read back as a 256-bit
  *   AES key. Any failure refuses the request (with ONTAP's code for it) and records nothing.
- * - A change of certificates or servers is recorded only after the new settings reach the server
- *   and Get of the root object returns the very root this node holds: a change can never point a
- *   tenant at another key, and a refused change leaves the old settings in use.
+ * - Every refusal that can be made before the root is created is made first. A root created and
+ *   then refused (a racing configuration, a failed commit) is revoked and destroyed on its server,
+ *   best effort, unless the store refers to its object: a key in use is never destroyed. A crash
+ *   between the two can still leave one there, named keysmith-root-<cluster>-<key manager uuid>.
+ * - The root's key-check value (root_kcv) is recorded with the configuration. A change of
+ *   certificates or servers is recorded only after the new settings reach the server and Get of the
+ *   root object returns a key matching it (and the very root this node holds, if it holds one): a
+ *   change can never point a tenant at another key, and a refused change leaves the old settings in
+ *   use.
+ * - Passwords are kept by server name, so they follow their server through any change of the list.
  * - A new client certificate must carry the current one's key pair (ONTAP 65536850), so the
  *   private key copies other nodes hold stay valid.
  * - Passwords and private keys are sealed under this node's seal key (kmip_node_secrets); they are
  *   never shown, logged or audited.
  */
-import { X509Certificate, type KeyObject } from 'node:crypto';
+import { X509Certificate, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { KeysmithError, fail } from '../errors.js';
 import { uuid } from '../ids.js';
 import type { AuditService } from '../audit/audit-service.js';
@@ -27,17 +34,23 @@ import type { Db, Tx } from '../store/schema.js';
 import type { SvmRow } from '../store/svm-repo.js';
 import {
   DEFAULT_TIMEOUT_S,
+  destroyRoot,
   fetchRoot,
   kmipRefusal,
+  matchesRootCheck,
   parseServer,
+  passwordFor,
+  rootCheck,
   sealSecrets,
   serverName,
+  wrongRoot,
   type KmipConnector,
   type KmipEndpoint,
   type KmipKeyManager,
   type KmipSecrets,
   type StoredServer,
 } from './kmip-key-manager.js';
+import type { KmipClient } from '../kmip/client.js';
 import type { Actor } from './onboard-service.js';
 
 /** ONTAP's certificate reference. */
@@ -112,10 +125,20 @@ export function parseServers(input: unknown, target = 'external.servers'): { ser
   return { servers, passwords };
 }
 
+/** Passwords (in the order of `servers`) keyed by their server's name, as KmipSecrets holds them. */
+function byName(servers: StoredServer[], passwords: (string | null)[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  servers.forEach((s, i) => {
+    const pw = passwords[i];
+    if (pw !== null && pw !== undefined) out[serverName(s)] = pw;
+  });
+  return out;
+}
+
 export function createKmipConfigService(deps: {
   db: Db;
   repo: KmipServerRepo;
-  keyManagers: Pick<KeyManagerRepo, 'insert' | 'findEnabledForSvm' | 'findByUuid' | 'list'>;
+  keyManagers: Pick<KeyManagerRepo, 'insert' | 'findEnabledForSvm' | 'findByUuid' | 'findByRootId' | 'list'>;
   certificates: Pick<CertificateService, 'get' | 'list' | 'privateKey'>;
   svms: { admin(): Promise<SvmRow | undefined>; resolve(ref: string): Promise<SvmRow | undefined> };
   keyring: Pick<Keyring, 'node' | 'putRoot' | 'hasRoot' | 'root' | 'isSealed' | 'forgetKeyManager'>;
@@ -170,32 +193,73 @@ export function createKmipConfigService(deps: {
     return { key_manager_uuid: km.uuid, node_id: keyring.node.id, blob: sealSecrets(keyring.node, km, secrets), created_at: t };
   }
 
+  /** Records what became of a root created for a configuration that was refused (ids and codes only). */
+  async function auditDiscard(svm: SvmRow, who: Actor, kmUuid: string, uid: string, cleanup: string, cause: unknown): Promise<void> {
+    const code = cause instanceof KeysmithError ? cause.code : new KeysmithError('internal').code;
+    await audit
+      .record({ ...who, action: 'key_manager.create', outcome: 'failure', objectType: 'key_manager', objectId: kmUuid, svmUuid: svm.uuid, detail: { code, root_object: uid, root_cleanup: cleanup } })
+      .catch(() => undefined);
+  }
+
   /**
    * Creates the root key on the server behind `endpoint` and reads it back. Returns its unique
    * identifier and material. Refusals carry ONTAP's code for what failed.
    */
-  async function createRoot(endpoint: KmipEndpoint, name: string): Promise<{ uid: string; root: Buffer }> {
+  async function createRoot(endpoint: KmipEndpoint, name: string, svm: SvmRow, who: Actor, kmUuid: string): Promise<{ uid: string; root: Buffer }> {
+    // A connection lost after Create moves on to the next primary, which makes its own root.
+    const discarded: { uid: string; cleanup: string }[] = [];
     try {
-      return await connector.once(endpoint, async (c) => {
+      return await connector.once(endpoint, async (c: KmipClient) => {
         // ONTAP asks for the server's protocol versions first; an answer proves TLS both ways.
         await c.discoverVersions();
         const uid = await c.createAes256(name);
-        await c.activate(uid);
-        return { uid, root: await fetchRoot(c, uid) };
+        try {
+          await c.activate(uid);
+          return { uid, root: await fetchRoot(c, uid) };
+        } catch (e) {
+          // Made by this request a moment ago, recorded nowhere: not left on the server.
+          discarded.push({ uid, cleanup: await destroyRoot(c, uid).then(() => 'destroyed', () => 'failed') });
+          throw e;
+        }
       });
     } catch (e) {
-      throw kmipRefusal(e, 'external');
+      const refusal = kmipRefusal(e, 'external');
+      for (const d of discarded) await auditDiscard(svm, who, kmUuid, d.uid, d.cleanup, refusal);
+      throw refusal;
     }
   }
 
   /**
-   * Checks that every primary server of `endpoint` (each with its secondaries) is reached with the
-   * new settings and returns this configuration's root, the same bytes each time. Returns the root.
+   * A root created for a configuration that was then refused: revoked and destroyed on its server
+   * (best effort), unless some key manager in the store refers to its object id. A commit that failed
+   * without saying whether it happened may have recorded it after all, and a key the store refers to
+   * is never destroyed; one whose check cannot be made is kept too.
    */
-  async function verifySameRoot(km: KeyManagerRow, endpoint: KmipEndpoint, target = 'external'): Promise<Buffer> {
+  async function discardRoot(endpoint: KmipEndpoint, uid: string, svm: SvmRow, who: Actor, kmUuid: string, cause: unknown): Promise<void> {
+    let cleanup: string;
+    try {
+      if ((await deps.keyManagers.findByRootId(uid)).length > 0) cleanup = 'kept_in_use';
+      else {
+        await connector.once(endpoint, (c) => destroyRoot(c, uid));
+        cleanup = 'destroyed';
+      }
+    } catch {
+      cleanup = 'failed';
+    }
+    await auditDiscard(svm, who, kmUuid, uid, cleanup, cause);
+  }
+
+  /**
+   * Checks that every primary server of `endpoint` (each with its secondaries) is reached with the
+   * new settings and returns this configuration's root: the same bytes each time, matching its
+   * key-check value `kcv` and the root this node holds, if any. A configuration without a value yet
+   * (made before 0009) is given one here, once the root is proven (manager.verifyRoot). Returns the
+   * root and the value in force.
+   */
+  async function verifySameRoot(km: KeyManagerRow, endpoint: KmipEndpoint, kcv: string | null, target = 'external'): Promise<{ root: Buffer; kcv: string }> {
     let first: Buffer | undefined;
-    for (const [i, srv] of endpoint.servers.entries()) {
-      const one: KmipEndpoint = { ...endpoint, servers: [srv], secrets: { ...endpoint.secrets, passwords: [endpoint.secrets.passwords[i] ?? null] } };
+    for (const srv of endpoint.servers) {
+      const one: KmipEndpoint = { ...endpoint, servers: [srv] };
       let fetched: Buffer;
       try {
         fetched = await connector.once(one, (c) => fetchRoot(c, km.root_id));
@@ -204,16 +268,21 @@ export function createKmipConfigService(deps: {
         throw kmipRefusal(e, target);
       }
       const expected = first ?? (keyring.hasRoot(km) ? keyring.root(km) : undefined);
-      if (expected && !expected.equals(fetched)) {
+      if ((expected && !timingSafeEqual(expected, fetched)) || (kcv !== null && !matchesRootCheck(km.uuid, fetched, kcv))) {
         fetched.fill(0);
         first?.fill(0);
-        fail('kmip_operation', `Key server ${serverName(srv)} returns another key for object ${km.root_id}: the change is refused.`, target);
+        throw wrongRoot(km, target, serverName(srv));
       }
       if (first) fetched.fill(0);
       else first = fetched;
     }
     if (!first) fail('invalid_field', 'At least one key server is needed.', target);
-    return first;
+    try {
+      return { root: first, kcv: await deps.manager.verifyRoot(km, first, kcv, true, target) };
+    } catch (e) {
+      first.fill(0);
+      throw e;
+    }
   }
 
   /** ONTAP's `external` object of a configuration. `connectivity` probes each server from this node (expensive). */
@@ -233,10 +302,10 @@ export function createKmipConfigService(deps: {
         endpoint = undefined; // this node cannot connect at all: every server's state is unknown
       }
       states = await Promise.all(
-        servers.map(async (s, i) => {
+        servers.map(async (s) => {
           if (!endpoint) return 'unknown';
-          // Each primary on its own, with its password, so one answering does not hide another.
-          const one: KmipEndpoint = { ...endpoint, servers: [{ ...s, secondary: [] }], secrets: { ...endpoint.secrets, passwords: [endpoint.secrets.passwords[i] ?? null] } };
+          // Each primary on its own (its password found by its name), so one answering does not hide another.
+          const one: KmipEndpoint = { ...endpoint, servers: [{ ...s, secondary: [] }] };
           try {
             await connector.once(one, (c) => c.discoverVersions());
             return 'available';
@@ -272,8 +341,12 @@ export function createKmipConfigService(deps: {
   ): Promise<KeyManagerRow> {
     const inactive = opts.inactive === true;
     const { servers, secrets } = endpoint;
+    // Every refusal that can be made without the root comes before it is created on the server.
+    if (keyring.isSealed()) fail('sealed');
+    if (!inactive && (await deps.keyManagers.findEnabledForSvm(svm.uuid))) fail('key_manager_exists', undefined, 'svm');
     const kmUuid = uuid();
-    const { uid, root } = await createRoot(endpoint, opts.rootName ?? `keysmith-root-${deps.clusterUuid}-${kmUuid}`);
+    const { uid, root } = await createRoot(endpoint, opts.rootName ?? `keysmith-root-${deps.clusterUuid}-${kmUuid}`, svm, who, kmUuid);
+    const kcv = rootCheck(kmUuid, root);
     const t = now();
     const km: KeyManagerRow = {
       uuid: kmUuid,
@@ -300,9 +373,10 @@ export function createKmipConfigService(deps: {
       key_provider_id: opts.keyProviderId ?? null,
       created_at: t,
       updated_at: t,
+      root_kcv: kcv,
     };
-    keyring.putRoot(km, root);
     try {
+      keyring.putRoot(km, root);
       await db.transaction().execute(async (tx: Tx) => {
         if (!inactive && (await deps.keyManagers.findEnabledForSvm(svm.uuid, tx))) fail('key_manager_exists', undefined, 'svm');
         await deps.keyManagers.insert(km, tx);
@@ -320,9 +394,11 @@ export function createKmipConfigService(deps: {
       });
     } catch (e) {
       keyring.forgetKeyManager(km.uuid);
+      root.fill(0);
+      await discardRoot(endpoint, uid, svm, who, kmUuid, e);
       throw e;
     }
-    deps.manager.rememberEndpoint(km.uuid, endpoint);
+    deps.manager.rememberEndpoint(km.uuid, endpoint, kcv);
     return km;
   }
 
@@ -340,12 +416,13 @@ export function createKmipConfigService(deps: {
       if (keyring.isSealed()) fail('sealed');
       const inactive = opts.inactive === true;
       if (!inactive && (await deps.keyManagers.findEnabledForSvm(svm.uuid))) fail('key_manager_exists', undefined, 'svm');
-      const { servers, passwords } = parseServers(input.servers);
+      const parsed = parseServers(input.servers);
+      const { servers } = parsed;
       if (input.client_certificate === undefined) fail('invalid_field', 'external.client_certificate is required.', 'external.client_certificate');
       const client = await findCertificate(svm, input.client_certificate, 'client', 'external.client_certificate');
       const cas = await resolveCas(svm, input.server_ca_certificates);
       const key = await clientKey(client, 'external.client_certificate');
-      const secrets: KmipSecrets = { key: key.export({ format: 'pem', type: 'pkcs8' }) as string, passwords };
+      const secrets: KmipSecrets = { key: key.export({ format: 'pem', type: 'pkcs8' }) as string, passwords: byName(servers, parsed.passwords) };
       const endpoint: KmipEndpoint = { servers, clientCertificatePem: client.public_certificate, serverCaPems: cas.map((c) => c.public_certificate), secrets };
       return createWith(svm, endpoint, { clientUuid: client.uuid, caUuids: cas.map((c) => c.uuid) }, who, opts);
     },
@@ -380,15 +457,19 @@ export function createKmipConfigService(deps: {
         // A node without its copy of the client key gets one by naming the client certificate here.
         if (!(e instanceof KeysmithError && e.kind === 'kmip_not_on_node') || input.client_certificate === undefined) throw e;
         const stored = JSON.parse(cfg.servers) as StoredServer[];
-        current = { servers: stored, clientCertificatePem: cfg.client_certificate_pem, serverCaPems: JSON.parse(cfg.server_ca_pems) as string[], secrets: { key: '', passwords: stored.map(() => null) } };
+        current = { servers: stored, clientCertificatePem: cfg.client_certificate_pem, serverCaPems: JSON.parse(cfg.server_ca_pems) as string[], secrets: { key: '', passwords: {} } };
       }
       let servers = current.servers;
       let passwords = current.secrets.passwords;
       if (input.servers !== undefined) {
         const p = parseServers(input.servers);
         servers = p.servers;
-        // A server given without a password keeps the one stored for it, if any.
-        passwords = p.passwords.map((pw, i) => pw ?? (current.servers.findIndex((s) => serverName(s) === serverName(servers[i])) >= 0 ? current.secrets.passwords[current.servers.findIndex((s) => serverName(s) === serverName(servers[i]))] : null));
+        // A server given without a password keeps the one stored for its name, if any; a server no
+        // longer listed takes its password with it.
+        passwords = byName(
+          servers,
+          p.passwords.map((pw, i) => pw ?? passwordFor(current.secrets, servers[i])),
+        );
       }
       let client: CertificateRow | undefined;
       let key = current.secrets.key;
@@ -407,7 +488,8 @@ export function createKmipConfigService(deps: {
         serverCaPems: cas ? cas.map((c) => c.public_certificate) : (JSON.parse(cfg.server_ca_pems) as string[]),
         secrets,
       };
-      const root = await verifySameRoot(km, endpoint);
+      const checked = await verifySameRoot(km, endpoint, cfg.root_kcv ?? null);
+      const root = checked.root;
       const t = now();
       await db.transaction().execute(async (tx: Tx) => {
         await repo.updateConfig(
@@ -432,7 +514,7 @@ export function createKmipConfigService(deps: {
         });
       });
       connector.forget(km.uuid);
-      deps.manager.rememberEndpoint(km.uuid, endpoint);
+      deps.manager.rememberEndpoint(km.uuid, endpoint, checked.kcv);
       if (!keyring.hasRoot(km)) keyring.putRoot(km, root);
       else root.fill(0);
     },
@@ -485,7 +567,8 @@ export function createKmipConfigService(deps: {
       for (const km of await deps.keyManagers.list()) {
         if (km.type !== 'kmip') continue;
         try {
-          await deps.manager.load(km);
+          // Outside any transaction: a configuration made before 0009 may adopt its key-check value here.
+          await deps.manager.load(km, { adopt: true });
           loaded.push(km.uuid);
         } catch (e) {
           failed.push({ uuid: km.uuid, code: e instanceof KeysmithError ? e.code : 'internal' });

@@ -20,17 +20,21 @@
  * sits in Keysmith's memory while it runs, as onboard roots do.
  *
  * Invariants:
- * - A root fetched from the server is used only if it is an AES key of exactly 32 bytes.
+ * - A root fetched from the server is used only if it is an AES key of exactly 32 bytes and matches
+ *   the key-check value recorded when the configuration was made (kmip_configs.root_kcv, see
+ *   rootCheck): another object under the same id, or another server, is refused, never used. A
+ *   configuration made before that value existed adopts one only at start (loadAll) or on a checked
+ *   change, once the fetched root has opened a KEK it wraps; until then its root is not used.
  * - wrapKek/unwrapKek bind each KEK to its tenant, id and version (kekContext), like okm.ts.
  * - No key material, password or private key reaches a log line, an error or an audit record.
  *   Errors carry the server names and Node's error codes only.
  */
-import { KeyObject } from 'node:crypto';
+import { createHmac, hkdfSync, timingSafeEqual, KeyObject } from 'node:crypto';
 import { open, seal, type WrapContext } from '../crypto/aead.js';
 import { KeysmithError, fail } from '../errors.js';
 import { kekContext, type Keyring, type NodeIdentity } from '../hierarchy/keyring.js';
 import { DEFAULT_KMIP_PORT, KmipClient, KmipClientError, KmipConnectError, KmipOperationError, type KmipServerAddress } from '../kmip/client.js';
-import { CryptographicAlgorithm, Operation, ResultReason } from '../kmip/enums.js';
+import { CryptographicAlgorithm, Operation, ResultReason, RevocationReasonCode } from '../kmip/enums.js';
 import type { KeyManagerRow } from '../store/key-manager-repo.js';
 import type { KmipConfigRow, KmipServerRepo } from '../store/kmip-server-repo.js';
 import type { KeyManager } from './key-manager.js';
@@ -49,8 +53,11 @@ export interface StoredServer {
 export interface KmipSecrets {
   /** The client certificate's private key, PKCS#8 PEM. */
   key: string;
-  /** KMIP passwords, by primary server index. */
-  passwords: (string | null)[];
+  /**
+   * KMIP passwords by primary server name (serverName): a password stays with its server when the
+   * list is reordered or shortened, on this node and on nodes whose copy predates the change.
+   */
+  passwords: Record<string, string>;
 }
 
 export interface KmipEndpoint {
@@ -63,6 +70,40 @@ export interface KmipEndpoint {
 export const DEFAULT_TIMEOUT_S = 10;
 
 export const serverName = (s: { host: string; port: number }) => (s.host.includes(':') ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`);
+
+/** The password a primary server (and its secondaries) is sent, if one is stored for it. */
+export function passwordFor(secrets: KmipSecrets, s: { host: string; port: number }): string | null {
+  const name = serverName(s);
+  return Object.hasOwn(secrets.passwords, name) ? secrets.passwords[name] : null;
+}
+
+const KCV_LABEL = 'keysmith/kcv/v1';
+
+/**
+ * Key-check value of an external root: HMAC-SHA256 of a fixed label and the key manager's uuid under
+ * a key derived from the root with HKDF (never the root itself, which also keys AES-GCM). It tells
+ * whether a fetched key is the root a configuration was made with, and reveals nothing usable about
+ * it. Not a secret; stored as lower-case hex.
+ */
+export function rootCheck(kmUuid: string, root: Buffer): string {
+  const k = Buffer.from(hkdfSync('sha256', root, Buffer.alloc(0), KCV_LABEL, 32));
+  try {
+    return createHmac('sha256', k).update(`${KCV_LABEL}\0${kmUuid}`).digest('hex');
+  } finally {
+    k.fill(0);
+  }
+}
+
+/** Constant-time comparison of a root with a stored key-check value; a malformed value matches nothing. */
+export function matchesRootCheck(kmUuid: string, root: Buffer, kcv: string): boolean {
+  if (!/^[0-9a-f]{64}$/.test(kcv)) return false;
+  return timingSafeEqual(Buffer.from(kcv, 'hex'), Buffer.from(rootCheck(kmUuid, root), 'hex'));
+}
+
+/** The refusal for a fetched key that is not the configuration's root. */
+export function wrongRoot(km: Pick<KeyManagerRow, 'uuid' | 'root_id'>, target?: string, server?: string): KeysmithError {
+  return new KeysmithError('kmip_operation', `${server ? `Key server ${server}` : 'The key server'} returns another key for object ${km.root_id} than the root key manager ${km.uuid} was made with: it is not used.`, target);
+}
 
 /** "host", "host:port", "[v6]:port" → host and port (5696 by default); null when malformed. */
 export function parseServer(text: unknown): { host: string; port: number } | null {
@@ -102,11 +143,26 @@ export function sealSecrets(node: NodeIdentity, km: Pick<KeyManagerRow, 'uuid' |
   }
 }
 
-export function openSecrets(node: NodeIdentity, km: Pick<KeyManagerRow, 'uuid' | 'svm_uuid'>, blob: Buffer): KmipSecrets | null {
+/**
+ * Opens a node's sealed secrets. `legacy`: the copy holds its passwords by position in the server list
+ * of its time (sealed before they were keyed by name). `alignedWith` is that list when it is known to
+ * be the current one; otherwise such passwords are dropped, never sent to whichever server now sits
+ * at their position.
+ */
+export function openSecrets(node: NodeIdentity, km: Pick<KeyManagerRow, 'uuid' | 'svm_uuid'>, blob: Buffer, alignedWith: StoredServer[] | null = null): { secrets: KmipSecrets; legacy: boolean } | null {
   const plain = open(node.sealKey, nodeSecretContext(km, node.id), blob);
   if (!plain) return null;
   try {
-    return JSON.parse(plain.toString('utf8')) as KmipSecrets;
+    const raw = JSON.parse(plain.toString('utf8')) as { key: string; passwords?: unknown };
+    const passwords: Record<string, string> = {};
+    const legacy = Array.isArray(raw.passwords);
+    if (Array.isArray(raw.passwords)) {
+      const list = raw.passwords as unknown[];
+      if (alignedWith && list.length === alignedWith.length) list.forEach((pw, i) => typeof pw === 'string' && (passwords[serverName(alignedWith[i])] = pw));
+    } else if (raw.passwords && typeof raw.passwords === 'object') {
+      for (const [name, pw] of Object.entries(raw.passwords)) if (typeof pw === 'string') passwords[name] = pw;
+    }
+    return { secrets: { key: raw.key, passwords }, legacy };
   } finally {
     plain.fill(0);
   }
@@ -142,9 +198,9 @@ export function createKmipConnector() {
   const cache = new Map<string, KmipClient[]>();
 
   function clientsFor(e: KmipEndpoint): KmipClient[] {
-    return e.servers.map((s, i) => {
+    return e.servers.map((s) => {
       const servers: KmipServerAddress[] = [{ host: s.host, port: s.port }, ...s.secondary.map((x) => ({ host: x.host, port: x.port }))];
-      const password = e.secrets.passwords[i];
+      const password = passwordFor(e.secrets, s);
       return new KmipClient({
         servers,
         ca: e.serverCaPems,
@@ -213,6 +269,20 @@ export async function fetchRoot(c: KmipClient, uid: string): Promise<Buffer> {
   return k.keyMaterial;
 }
 
+/**
+ * Revokes and destroys an object on the server: only for a root this request has just created and
+ * that no configuration records (an active object cannot be destroyed, so it is revoked first; a
+ * server that refuses to revoke a pre-active one leaves Destroy to decide).
+ */
+export async function destroyRoot(c: KmipClient, uid: string): Promise<void> {
+  try {
+    await c.revoke(uid, RevocationReasonCode.CessationOfOperation);
+  } catch (e) {
+    if (!(e instanceof KmipOperationError)) throw e;
+  }
+  await c.destroy(uid);
+}
+
 /** The endpoint of a stored configuration for this node, or the refusal saying why there is none. */
 export function endpointOf(cfg: KmipConfigRow, secrets: KmipSecrets): KmipEndpoint {
   return {
@@ -225,14 +295,15 @@ export function endpointOf(cfg: KmipConfigRow, secrets: KmipSecrets): KmipEndpoi
 
 export function createKmipKeyManager(deps: {
   keyring: Pick<Keyring, 'root' | 'hasRoot' | 'putRoot' | 'wrapKek' | 'isSealed' | 'node'>;
-  repo: Pick<KmipServerRepo, 'findConfig' | 'findNodeSecret' | 'upsertNodeSecret'>;
+  repo: Pick<KmipServerRepo, 'findConfig' | 'findNodeSecret' | 'upsertNodeSecret' | 'setRootCheck' | 'findKekOf'>;
   connector: KmipConnector;
   /** The client certificate's private key through the certificates service (needs the admin SVM's KEK). */
   certificateKey: (certificateUuid: string) => Promise<KeyObject | null>;
 }): KeyManager & {
-  load(config: KeyManagerRow): Promise<void>;
+  load(config: KeyManagerRow, opts?: { adopt?: boolean }): Promise<void>;
   endpoint(config: KeyManagerRow): Promise<KmipEndpoint>;
-  rememberEndpoint(kmUuid: string, e: KmipEndpoint): void;
+  verifyRoot(config: KeyManagerRow, root: Buffer, kcv: string | null, adopt: boolean, target?: string): Promise<string>;
+  rememberEndpoint(kmUuid: string, e: KmipEndpoint, kcv: string | null): void;
   forgetEndpoint(kmUuid: string): void;
 } {
   const { keyring, repo, connector } = deps;
@@ -242,6 +313,9 @@ export function createKmipKeyManager(deps: {
   // outside that transaction would wait forever on SQLite's one connection: with this cache they
   // read nothing for any configuration loaded at start or made on this node.
   const endpoints = new Map<string, KmipEndpoint>();
+  // The key-check value of each configuration's root (null: made before 0009, not yet proven), read
+  // with its endpoint and for the same reason.
+  const checks = new Map<string, string | null>();
 
   /** This node's connection settings for a configuration: its sealed copy, or made from the certificates service. */
   async function endpoint(config: KeyManagerRow): Promise<KmipEndpoint> {
@@ -255,9 +329,17 @@ export function createKmipKeyManager(deps: {
   async function readEndpoint(config: KeyManagerRow): Promise<KmipEndpoint> {
     const cfg = await repo.findConfig(config.uuid);
     if (!cfg) throw new Error(`key manager ${config.uuid} of type kmip has no KMIP configuration`);
+    checks.set(config.uuid, cfg.root_kcv ?? null);
+    const servers = JSON.parse(cfg.servers) as StoredServer[];
     const s = await repo.findNodeSecret(config.uuid, keyring.node.id);
-    const secrets = s ? openSecrets(keyring.node, config, s.blob) : null;
-    if (secrets) return endpointOf(cfg, secrets);
+    // A copy sealed before passwords were keyed by name lines up with the current servers only if it
+    // was sealed by the change that made them (the same transaction and time); else the list may have
+    // changed on another node since.
+    const opened = s ? openSecrets(keyring.node, config, s.blob, s.created_at === cfg.updated_at ? servers : null) : null;
+    if (opened) {
+      if (opened.legacy) await repo.upsertNodeSecret({ key_manager_uuid: config.uuid, node_id: keyring.node.id, blob: sealSecrets(keyring.node, config, opened.secrets), created_at: s!.created_at });
+      return endpointOf(cfg, opened.secrets);
+    }
     // No copy for this node yet: the certificates service can open the private key while the admin
     // SVM's KEK is reachable (passwords are not recoverable that way: servers that check them need
     // the configuration to be patched on this node).
@@ -268,24 +350,61 @@ export function createKmipKeyManager(deps: {
       key = null;
     }
     if (!key) fail('kmip_not_on_node');
-    const servers = JSON.parse(cfg.servers) as StoredServer[];
-    const made: KmipSecrets = { key: key.export({ format: 'pem', type: 'pkcs8' }) as string, passwords: servers.map(() => null) };
+    const made: KmipSecrets = { key: key.export({ format: 'pem', type: 'pkcs8' }) as string, passwords: {} };
     await repo.upsertNodeSecret({ key_manager_uuid: config.uuid, node_id: keyring.node.id, blob: sealSecrets(keyring.node, config, made), created_at: new Date().toISOString() });
     return endpointOf(cfg, made);
   }
 
-  /** Makes the configuration's root available in the keyring (once; concurrent callers share the fetch). */
-  async function load(config: KeyManagerRow): Promise<void> {
+  /**
+   * Refuses a fetched root that is not the configuration's: it must match `kcv`. Without one (made
+   * before 0009), `adopt` records one, but only after the root opens a KEK of this configuration
+   * (AES-GCM: no other key can); when none is wrapped yet nothing depends on the root, and it is
+   * adopted as is, as at creation. Adopting reads and writes the store: callers pass `adopt` only
+   * outside any transaction (start, a change of settings). Returns the value in force.
+   */
+  async function verifyRoot(config: KeyManagerRow, root: Buffer, kcv: string | null, adopt: boolean, target?: string): Promise<string> {
+    if (kcv !== null) {
+      if (!matchesRootCheck(config.uuid, root, kcv)) throw wrongRoot(config, target);
+      return kcv;
+    }
+    if (!adopt) fail('kmip_operation', `The root key of key manager ${config.uuid} has not been checked against the keys it protects yet: it is checked at start and then every 30 seconds.`, target);
+    const kek = await repo.findKekOf(config.uuid, config.root_version);
+    if (kek) {
+      const material = open(root, kekContext(kek), kek.wrapped);
+      if (!material) throw wrongRoot(config, target);
+      material.fill(0);
+    }
+    const made = rootCheck(config.uuid, root);
+    if (await repo.setRootCheck(config.uuid, made)) {
+      checks.set(config.uuid, made);
+      return made;
+    }
+    // Another node recorded one meanwhile: this root must match it.
+    const stored = (await repo.findConfig(config.uuid))?.root_kcv ?? null;
+    if (stored === null || !matchesRootCheck(config.uuid, root, stored)) throw wrongRoot(config, target);
+    checks.set(config.uuid, stored);
+    return stored;
+  }
+
+  /**
+   * Makes the configuration's root available in the keyring (once; concurrent callers share the
+   * fetch), after checking it is the root (verifyRoot; `adopt` as there).
+   */
+  async function load(config: KeyManagerRow, opts: { adopt?: boolean } = {}): Promise<void> {
     if (keyring.isSealed()) fail('sealed');
     if (keyring.hasRoot(config)) return;
     const slot = `${config.uuid}:${config.root_version}`;
     let p = loading.get(slot);
     if (!p) {
       p = (async () => {
+        let root: Buffer | undefined;
         try {
-          const root = await connector.with(config.uuid, () => endpoint(config), (c) => fetchRoot(c, config.root_id));
+          await endpoint(config);
+          root = await connector.with(config.uuid, () => endpoint(config), (c) => fetchRoot(c, config.root_id));
+          await verifyRoot(config, root, checks.get(config.uuid) ?? null, opts.adopt === true);
           keyring.putRoot(config, root);
         } catch (e) {
+          root?.fill(0);
           // A refused connection must not stay cached: the next attempt starts afresh.
           connector.forget(config.uuid);
           throw kmipRefusal(e);
@@ -301,8 +420,15 @@ export function createKmipKeyManager(deps: {
     location: 'external',
     load,
     endpoint,
-    rememberEndpoint: (kmUuid, e) => void endpoints.set(kmUuid, e),
-    forgetEndpoint: (kmUuid) => void endpoints.delete(kmUuid),
+    verifyRoot,
+    rememberEndpoint: (kmUuid, e, kcv) => {
+      endpoints.set(kmUuid, e);
+      checks.set(kmUuid, kcv);
+    },
+    forgetEndpoint: (kmUuid) => {
+      endpoints.delete(kmUuid);
+      checks.delete(kmUuid);
+    },
 
     async wrapKek(config, kek, material) {
       await load(config);

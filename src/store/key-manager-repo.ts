@@ -11,6 +11,8 @@ export function createKeyManagerRepo(db: Conn) {
     findEnabledForSvm: (svmUuid: string, tx: Conn = db) =>
       tx.selectFrom('key_managers').selectAll().where('svm_uuid', '=', svmUuid).where('enabled', '=', 1).executeTakeFirst(),
     list: (tx: Conn = db) => tx.selectFrom('key_managers').selectAll().orderBy('created_at').execute(),
+    /** Key managers whose root is the object `rootId` (for external ones: on some key server). */
+    findByRootId: (rootId: string, tx: Conn = db) => tx.selectFrom('key_managers').selectAll().where('root_id', '=', rootId).execute(),
     count: async (tx: Conn = db) =>
       Number((await tx.selectFrom('key_managers').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()).n),
     /**

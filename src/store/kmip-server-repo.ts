@@ -13,6 +13,17 @@ export function createKmipServerRepo(db: Conn) {
     updateConfig: (kmUuid: string, patch: Partial<Omit<KmipConfigRow, 'key_manager_uuid'>>, tx: Conn = db) =>
       tx.updateTable('kmip_configs').set(patch).where('key_manager_uuid', '=', kmUuid).execute(),
     configsForProvider: (providerId: number, tx: Conn = db) => tx.selectFrom('kmip_configs').selectAll().where('key_provider_id', '=', providerId).execute(),
+    /**
+     * Records the key-check value of a configuration made before 0009 (root_kcv NULL). False when
+     * one is recorded already (another node was first): the caller compares with that one.
+     */
+    setRootCheck: async (kmUuid: string, kcv: string, tx: Conn = db) => {
+      const r = await tx.updateTable('kmip_configs').set({ root_kcv: kcv }).where('key_manager_uuid', '=', kmUuid).where('root_kcv', 'is', null).executeTakeFirst();
+      return Number(r.numUpdatedRows) === 1;
+    },
+    /** One KEK wrapped under a configuration's root (the proof a fetched root is the one in use), if any. */
+    findKekOf: (kmUuid: string, rootVersion: number, tx: Conn = db) =>
+      tx.selectFrom('keks').selectAll().where('key_manager_uuid', '=', kmUuid).where('root_version', '=', rootVersion).limit(1).executeTakeFirst(),
 
     upsertNodeSecret: async (row: KmipNodeSecretTable, tx: Conn = db) => {
       await tx.deleteFrom('kmip_node_secrets').where('key_manager_uuid', '=', row.key_manager_uuid).where('node_id', '=', row.node_id).execute();

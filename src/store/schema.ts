@@ -213,6 +213,12 @@ export interface KmipConfigTable {
   key_provider_id: number | null;
   created_at: string;
   updated_at: string;
+  /**
+   * Key-check value of the root (hex HMAC-SHA256, see kmip-key-manager.ts rootCheck): a fetched root
+   * is used only if it matches. NULL for configurations made before 0009-kmip-root-check until their
+   * root is proven. Added by 0009-kmip-root-check.
+   */
+  root_kcv?: string | null;
 }
 
 /** A node's sealed copy of what it needs to connect to a KMIP server. Added by 0006-external-kmip. */
