@@ -68,6 +68,8 @@ export const ERRORS = {
   // Certificates (/api/security/certificates)
   certificate_malformed: { code: '65600040', status: 400, message: 'The certificate is not a single well-formed PEM X.509 certificate.' },
   certificate_key_invalid: { code: '65600041', status: 400, message: 'The private key is malformed or does not belong to the certificate.' },
+  // ONTAP's own code (DELETE /security/certificates reference) for a certificate an external key manager uses.
+  certificate_in_use: { code: '3735683', status: 409, message: 'Cannot remove this certificate while external key manager is configured.' },
 
   // ONTAP job actions (PATCH /api/cluster/jobs/{uuid}?action=pause|resume|cancel) and the Element master key
   job_terminal: { code: '458762', status: 400, message: 'Job is already in a terminal state.' },

@@ -1,12 +1,13 @@
 /**
  * The onboard key manager's backup: fetched through ONTAP's onboard.key_backup field, checked with
- * verify-backup, restored into fresh servers across stores. Invariant 1: every key restored unwraps
- * to the same bytes; invariant 6: every refused restore changes nothing.
+ * verify-backup, restored into fresh servers across stores, also while a master-key rekey paused or
+ * cancelled mid-way leaves KEKs under two roots. Invariant 1: every key restored unwraps to the same
+ * bytes; invariant 6: every refused restore changes nothing.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { ERRORS } from '../src/errors.js';
-import { PASSPHRASE, STORES, noteSecret, startServer, startWithOkm, type TestServer } from './helpers.js';
+import { PASSPHRASE, STORES, expectRpcResult, noteSecret, rpc, startServer, startWithOkm, waitAsync, type TestServer } from './helpers.js';
 
 const KM = '/api/security/key-managers';
 const VERIFY = '/api/security/key-managers/onboard/verify-backup';
@@ -387,25 +388,86 @@ describe('backup after a passphrase change', () => {
   });
 });
 
-describe.each(STORES)('backup during a master-key rekey on %s', (store) => {
-  it('is refused (65600051) while KEKs sit under two root versions, and given again once they do not', async () => {
-    const s = await startWithOkm({ store });
+describe.each(STORES)('backup around a paused and cancelled master-key rekey on %s', (store) => {
+  /** Data SVMs without a key manager of their own: each one's KEK is under the cluster key manager's root. */
+  const SVMS = 100;
+
+  it('holds both roots while KEKs sit under two; verifies, restores every key under one root; the source keeps serving across an unseal and a later rekey', { timeout: 180_000 }, async () => {
+    // One KEK per step, so the rekey can be paused mid-way.
+    const s = await startWithOkm({ store, rekeyBatch: 1 });
     servers.push(s);
-    const created = await s.call('POST', '/api/v1/svms/cluster1/keys', {});
-    expect(created.status, JSON.stringify(created.body)).toBe(201);
-    const db = s.app.services.store.db;
-    const km = (await s.app.services.repos.keyManagers.findByUuid(s.kmUuid))!;
-    const kek = await db.selectFrom('keks').selectAll().where('key_manager_uuid', '=', s.kmUuid).executeTakeFirstOrThrow();
-    // The state a master-key rekey is in between its first and last step: the key manager is at one
-    // root version and a KEK still at another. Written directly, since the job would finish too fast.
-    await db.updateTable('keks').set({ root_version: km.root_version + 1 }).where('id', '=', kek.id).where('version', '=', kek.version).execute();
-    try {
-      const r = await s.call('GET', `${KM}/${s.kmUuid}?fields=onboard.key_backup`);
-      expectError(r, ERRORS.master_rekey_running);
-      expect(JSON.stringify(r.body)).not.toContain('BEGIN BACKUP');
-    } finally {
-      await db.updateTable('keks').set({ root_version: kek.root_version }).where('id', '=', kek.id).where('version', '=', kek.version).execute();
+    const deks: Dek[] = [await dataKey(s, 'cluster1')];
+    for (let i = 0; i < SVMS; i += 10) {
+      const names = Array.from({ length: Math.min(10, SVMS - i) }, (_, j) => `mk${i + j}`);
+      for (const n of names) expect((await s.call('POST', '/api/svm/svms', { name: n })).status).toBe(201);
+      deks.push(...(await Promise.all(names.map((n) => dataKey(s, n)))));
     }
-    expect(await backupOf(s, s.kmUuid)).toMatch(/BEGIN BACKUP/);
+    const db = s.app.services.store.db;
+    const kekRoots = async () => (await db.selectFrom('keks').select(['root_version']).where('key_manager_uuid', '=', s.kmUuid).execute()).map((k) => k.root_version);
+    expect(new Set(await kekRoots())).toEqual(new Set([1]));
+    const unwrapAll = async (t: TestServer) => {
+      for (const d of deks) {
+        const r = await t.call('POST', `/api/v1/svms/${d.svm}/unwrap`, { wrapped: d.wrapped });
+        expect(r.status, JSON.stringify(r.body)).toBe(200);
+        expect(r.body.plaintext).toBe(d.plaintext);
+      }
+    };
+
+    // Element's master-key rekey, paused once it has moved a few KEKs.
+    const started = expectRpcResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey', { keyManagementType: 'Internal' }));
+    const uuid = (await s.app.services.repos.jobs.findByHandle(started.asyncHandle))!.uuid;
+    const job = async () => (await s.call('GET', `/api/cluster/jobs/${uuid}`)).body;
+    for (const end = Date.now() + 30_000; (await job()).progress.done < 3; ) {
+      if (Date.now() > end) throw new Error('the master-key rekey made no progress');
+    }
+    expect((await s.call('PATCH', `/api/cluster/jobs/${uuid}?action=pause`)).status).toBe(200);
+    const paused = await job();
+    expect(paused.state).toBe('paused');
+    expect(paused.progress.done).toBeLessThan(paused.progress.total);
+    expect(new Set(await kekRoots())).toEqual(new Set([1, 2]));
+    const whilePaused = await backupOf(s, s.kmUuid);
+
+    const c = await s.call('PATCH', `/api/cluster/jobs/${uuid}?action=cancel`);
+    expect(c.status, JSON.stringify(c.body)).toBe(200);
+    expect(await job()).toMatchObject({ state: 'failure', code: 65600050 });
+    // The cancelled rekey left KEKs under both root versions; every key is still served.
+    expect(new Set(await kekRoots())).toEqual(new Set([1, 2]));
+    await unwrapAll(s);
+
+    const backup = await backupOf(s, s.kmUuid);
+    for (const b of [whilePaused, backup]) {
+      const v = await s.call('POST', VERIFY, { key_backup: b, passphrase: PASSPHRASE });
+      expect(v.status, JSON.stringify(v.body)).toBe(200);
+      expect(v.body).toMatchObject({ svms: SVMS + 1, keks: SVMS + 1, deks: deks.length });
+    }
+
+    // Restored elsewhere: every key unwraps to its bytes, every KEK under the restored root alone.
+    const t = await fresh(store);
+    const r = await t.call('POST', RESTORE, { key_backup: backup, passphrase: PASSPHRASE });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    await unwrapAll(t);
+    const km = (await t.app.services.repos.keyManagers.findByUuid(s.kmUuid))!;
+    const restoredRoots = (await t.app.services.store.db.selectFrom('keks').select('root_version').execute()).map((k) => k.root_version);
+    expect(restoredRoots).toHaveLength(SVMS + 1);
+    expect(new Set(restoredRoots)).toEqual(new Set([km.root_version]));
+    // ... and opens with the passphrase alone, after a seal.
+    expect((await t.call('POST', '/api/v1/sys/seal')).status).toBeLessThan(300);
+    expect((await t.call('POST', '/api/v1/sys/unseal', { passphrase: PASSPHRASE })).status).toBe(200);
+    await unwrapAll(t);
+
+    // The source, sealed and unsealed with the passphrase (which opens the newest root only), still
+    // serves the keys whose KEKs are under the older one.
+    expect((await s.call('POST', '/api/v1/sys/seal')).status).toBeLessThan(300);
+    expect((await s.call('POST', '/api/v1/sys/unseal', { passphrase: PASSPHRASE })).status).toBe(200);
+    await unwrapAll(s);
+
+    // A later master-key rekey moves every KEK under one new root; backups stay whole.
+    const again = expectRpcResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey'));
+    const done = await waitAsync(s, again.asyncHandle, 60_000);
+    expect(done.error, JSON.stringify(done)).toBeUndefined();
+    expect(new Set(await kekRoots())).toEqual(new Set([3]));
+    await unwrapAll(s);
+    const after = await s.call('POST', VERIFY, { key_backup: await backupOf(s, s.kmUuid), passphrase: PASSPHRASE });
+    expect(after.body).toMatchObject({ keks: SVMS + 1, deks: deks.length });
   });
 });

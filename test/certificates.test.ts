@@ -1,8 +1,16 @@
-/** /api/security/certificates over real HTTP, on both stores: install, list, read, delete, refusals. */
+/**
+ * /api/security/certificates over real HTTP, on both stores: install, list, read, delete, refusals;
+ * and, against Debian's real pykmip-server, a certificate an external key manager names is not
+ * deleted (ONTAP 3735683) until that key manager is gone.
+ */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { X509Certificate } from 'node:crypto';
-import { STORES, noteSecret, startWithOkm, type TestServer } from './helpers.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { STORES, expectError, noteSecret, startWithOkm, type TestServer } from './helpers.js';
 import { makePki, type Pki } from './kmip/pki.js';
+import { makeTestPki, pykmipAvailable, startPykmipServer, type PykmipServer, type TestPki } from '../src/kmip/testing/pykmip.js';
 
 for (const store of STORES) {
   describe(`certificates on ${store}`, () => {
@@ -129,3 +137,73 @@ for (const store of STORES) {
     });
   });
 }
+
+describe('certificates named by an external key manager', () => {
+  let dir: string;
+  let pki: TestPki;
+  let py: PykmipServer;
+  beforeAll(async () => {
+    // A real peer is part of the proof: an external key manager is only configured once its server answers.
+    if (!pykmipAvailable()) throw new Error('Debian python3-pykmip is not installed (apt-get install -y python3-pykmip)');
+    dir = mkdtempSync(join(tmpdir(), 'keysmith-cert-kmip-'));
+    pki = makeTestPki(dir);
+    noteSecret(pki.client.key.toString('utf8').split('\n')[1]);
+    py = await startPykmipServer(pki, { name: 'certs' });
+  }, 60_000);
+  afterAll(() => {
+    py?.kill();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  for (const store of STORES) {
+    describe(`on ${store}`, () => {
+      let s: TestServer;
+      const install = async (body: Record<string, unknown>) => {
+        const r = await s.call('POST', '/api/security/certificates', { svm: { name: 'certext' }, ...body });
+        expect(r.status, JSON.stringify(r.body)).toBe(201);
+        return r.headers.get('location')!.split('/').pop()!;
+      };
+      beforeAll(async () => {
+        s = await startWithOkm({ store });
+        expect((await s.call('POST', '/api/svm/svms', { name: 'certext' })).status).toBe(201);
+      }, 60_000);
+      afterAll(() => s?.close());
+
+      it('refuses to delete its client certificate or a server CA (3735683), changing nothing; deletes them once it is gone', { timeout: 60_000 }, async () => {
+        const client = await install({ type: 'client', name: 'ext-client', public_certificate: pki.client.cert.toString('utf8'), private_key: pki.client.key.toString('utf8') });
+        const ca = await install({ type: 'server_ca', name: 'ext-ca', public_certificate: pki.caPem.toString('utf8') });
+        const ca2 = await install({ type: 'server_ca', name: 'ext-ca-2', public_certificate: pki.otherCa.caPem.toString('utf8') });
+        // The same PEM as the CA in use, installed as another type: named by no configuration.
+        const twin = await install({ type: 'client_ca', name: 'ext-ca-twin', public_certificate: pki.caPem.toString('utf8') });
+        const km = await s.call('POST', '/api/security/key-managers', {
+          svm: { name: 'certext' },
+          external: { servers: [{ server: `127.0.0.1:${py.port}`, timeout: 5 }], client_certificate: { uuid: client }, server_ca_certificates: [{ uuid: ca2 }, { uuid: ca }] },
+        });
+        expect(km.status, JSON.stringify(km.body)).toBe(201);
+        const kmUuid = km.headers.get('location')!.split('/').pop()!;
+
+        const before = (await s.call('GET', '/api/security/certificates?fields=*')).body.records;
+        for (const uuid of [client, ca, ca2]) {
+          const r = await s.call('DELETE', `/api/security/certificates/${uuid}`);
+          expectError(r, 409, '3735683');
+          expect(r.body.error.message).toContain(kmUuid);
+          expect((await s.call('GET', `/api/security/certificates/${uuid}`)).status).toBe(200);
+          const events = await s.app.services.audit.query({ objectId: uuid, limit: 10 });
+          expect(events.some((e: { action: string; outcome: string }) => e.action === 'certificate.delete' && e.outcome === 'success')).toBe(false);
+        }
+        expect((await s.call('GET', '/api/security/certificates?fields=*')).body.records).toEqual(before);
+        // The client certificate's sealed private key stayed with it.
+        const row = await s.app.services.store.db.selectFrom('certificates').select('private_key').where('uuid', '=', client).executeTakeFirstOrThrow();
+        expect(row.private_key).not.toBeNull();
+        // A certificate no configuration names is deleted as before.
+        expect((await s.call('DELETE', `/api/security/certificates/${twin}`)).status).toBe(200);
+
+        expect((await s.call('DELETE', `/api/security/key-managers/${kmUuid}`)).status).toBe(200);
+        for (const uuid of [client, ca, ca2]) {
+          expect((await s.call('DELETE', `/api/security/certificates/${uuid}`)).status).toBe(200);
+          expect((await s.call('GET', `/api/security/certificates/${uuid}`)).status).toBe(404);
+        }
+      });
+    });
+  }
+});

@@ -3,13 +3,13 @@
  * real pykmip-server, on both stores: create a provider and a server, test them (and a server
  * whose CA is wrong), move the master key External onto the provider and Internal back, with every
  * DEK of two SVMs unwrapping to the same bytes throughout and across a restart while on the
- * provider; the refusals (unknown ids, a provider in use, a server assigned).
+ * provider; the refusals (unknown ids, a provider in use, a server assigned), also when changes race.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { STORES, noteSecret, startServer, startWithOkm, type TestServer } from './helpers.js';
+import { STORES, expectElementError, expectRpcResult, noteSecret, rpc, startServer, startWithOkm, waitAsync, type RpcAnswer, type TestServer } from './helpers.js';
 import { makeTestPki, pykmipAvailable, startPykmipServer, type PykmipServer, type TestPki } from '../src/kmip/testing/pykmip.js';
 
 // A real peer is part of the proof: without Debian's python3-pykmip this file fails (CI installs it).
@@ -32,32 +32,8 @@ afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-type Rpc = { status: number; body: any };
-
-async function rpc(s: TestServer, method: string, params?: unknown, version = '12.5'): Promise<Rpc> {
-  return s.call('POST', `/json-rpc/${version}`, { method, params, id: 7 });
-}
-
-function ok(r: Rpc) {
-  expect(r.status, JSON.stringify(r.body)).toBe(200);
-  expect(r.body.error, JSON.stringify(r.body)).toBeUndefined();
-  return r.body.result;
-}
-
-function err(r: Rpc, name: string) {
-  expect(r.status).toBe(200);
-  expect(r.body.error?.name, JSON.stringify(r.body)).toBe(name);
-  expect(r.body.error.code).toBe(500);
-}
-
-async function waitAsync(s: TestServer, handle: number) {
-  for (const end = Date.now() + 30_000; ; ) {
-    const r = ok(await rpc(s, 'GetAsyncResult', { asyncHandle: handle, keepResult: true }));
-    if (r.status === 'complete') return r;
-    if (Date.now() > end) throw new Error(`async result ${handle} did not complete`);
-    await new Promise((res) => setTimeout(res, 25));
-  }
-}
+const ok = (r: RpcAnswer) => expectRpcResult(r);
+const err = (r: RpcAnswer, name: string) => expectElementError(r, name);
 
 for (const store of STORES) {
   describeIf(`Element KMIP key providers on ${store}`, () => {
@@ -106,7 +82,7 @@ for (const store of STORES) {
       err(await rpc(s, 'CreateKeyProviderKmip', {}), 'xMissingParameter');
 
       const base = { kmipCaCertificate: pki.caPem.toString('utf8'), kmipClientCertificate: pki.client.cert.toString('utf8'), kmipKeyServerHostnames: ['127.0.0.1'], kmipKeyServerName: 'pykmip', kmipKeyServerPort: py.port };
-      const k = ok(await rpc(s, 'CreateKeyServerKmip', base, '12.7'));
+      const k = ok(await rpc(s, 'CreateKeyServerKmip', base, { version: '12.7' }));
       expect(k.kmipKeyServer).toMatchObject({ keyServerID: expect.any(Number), kmipKeyServerName: 'pykmip', kmipKeyServerHostnames: ['127.0.0.1'], kmipKeyServerPort: py.port, kmipAssignedProviderIsActive: false });
       expect(k.kmipKeyServer.keyProviderID).toBeUndefined();
       serverId = k.kmipKeyServer.keyServerID;
@@ -191,6 +167,43 @@ for (const store of STORES) {
       const h2 = ok(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey', { keyManagementType: 'Internal' })).asyncHandle;
       expect((await waitAsync(s, h2)).error).toBeUndefined();
       await allKeysOpen();
+    });
+
+    it('changes racing each other see each other: one server per provider, no provider deleted while it has one', async () => {
+      const params = (name: string) => ({ kmipCaCertificate: pki.caPem.toString('utf8'), kmipClientCertificate: pki.client.cert.toString('utf8'), kmipKeyServerHostnames: ['127.0.0.1'], kmipKeyServerName: name, kmipKeyServerPort: py.port });
+      for (let round = 0; round < 4; round++) {
+        const p = ok(await rpc(s, 'CreateKeyProviderKmip', { keyProviderName: `race-${round}` })).kmipKeyProvider.keyProviderID;
+        const [a, b] = [ok(await rpc(s, 'CreateKeyServerKmip', params(`race-${round}-a`))), ok(await rpc(s, 'CreateKeyServerKmip', params(`race-${round}-b`)))].map((x) => x.kmipKeyServer.keyServerID);
+        // Two servers added to one provider at once: one is, the other is refused as if it came second.
+        const adds = await Promise.all([a, b].map((id) => rpc(s, 'AddKeyServerToProviderKmip', { keyProviderID: p, keyServerID: id })));
+        const won = adds.findIndex((r) => r.body.error === undefined);
+        expect(won, JSON.stringify(adds.map((r) => r.body))).toBeGreaterThanOrEqual(0);
+        err(adds[1 - won], 'xInvalidParameter');
+        expect(ok(await rpc(s, 'GetKeyProviderKmip', { keyProviderID: p })).kmipKeyProvider.keyServerIDs).toEqual([[a, b][won]]);
+        // The provider deleted while its server is removed and the other one added: never deleted with a server.
+        const [removed, deleted, added] = await Promise.all([
+          rpc(s, 'RemoveKeyServerFromProviderKmip', { keyServerID: [a, b][won] }),
+          rpc(s, 'DeleteKeyProviderKmip', { keyProviderID: p }),
+          rpc(s, 'AddKeyServerToProviderKmip', { keyProviderID: p, keyServerID: [a, b][1 - won] }),
+        ]);
+        expect(ok(removed)).toEqual({});
+        const servers = ok(await rpc(s, 'ListKeyServersKmip', {})).kmipKeyServers.filter((k: any) => k.keyServerID === a || k.keyServerID === b);
+        if (deleted.body.error === undefined) {
+          // The add came after the delete, or before the removal.
+          err(added, added.body.error?.name === 'xInvalidParameter' ? 'xInvalidParameter' : 'xKeyProviderIDDoesNotExist');
+          err(await rpc(s, 'GetKeyProviderKmip', { keyProviderID: p }), 'xKeyProviderIDDoesNotExist');
+          expect(servers.every((k: any) => k.keyProviderID === undefined)).toBe(true);
+        } else {
+          // Deleted before the removal, or after the add; the add came before the removal, or after it.
+          err(deleted, 'xKeyProviderInUse');
+          if (added.body.error !== undefined) err(added, 'xInvalidParameter');
+          const left = added.body.error === undefined ? [[a, b][1 - won]] : [];
+          expect(ok(await rpc(s, 'GetKeyProviderKmip', { keyProviderID: p })).kmipKeyProvider.keyServerIDs).toEqual(left);
+          for (const id of left) expect(ok(await rpc(s, 'RemoveKeyServerFromProviderKmip', { keyServerID: id }))).toEqual({});
+          expect(ok(await rpc(s, 'DeleteKeyProviderKmip', { keyProviderID: p }))).toEqual({});
+        }
+        for (const id of [a, b]) expect(ok(await rpc(s, 'DeleteKeyServerKmip', { keyServerID: id }))).toEqual({});
+      }
     });
 
     it('removes the server from the provider and deletes both; unknown ids are refused', async () => {

@@ -1,89 +1,32 @@
 /**
  * Element JSON-RPC over real HTTP on SQLite and PostgreSQL: the envelope (method matched
  * case-insensitively, id echoed, unused parameters reported), Element's error shape for every kind
- * of refusal (each changing nothing), Basic credentials as Element clients send them, and the
- * master key: present from the first start while ONTAP still lists no key manager, rekeyed on a
+ * of refusal (each changing nothing), Basic credentials as Element clients send them (429 while a
+ * user name is locked out), and the master key: present from the first start while ONTAP still
+ * lists no key manager, rekeyed on a
  * fresh install and under an onboard key manager with keys in several SVMs (every DEK unwrapping
  * to the same bytes afterwards, across a restart and an unseal with the passphrase), reported by
  * GetSoftwareEncryptionAtRestInfo, GetAsyncResult (keepResult) and ListAsyncResults.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { PASSPHRASE, STORES, noteSecret, startServer, type TestServer } from './helpers.js';
+import { PASSPHRASE, STORES, dataKeys as makeDataKeys, expectAllUnwrap as expectAllUnwrapIn, expectElementError, expectRpcResult, jobCount, noteSecret, rpc, startServer, waitAsync, type DataKey as Key, type TestServer } from './helpers.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/;
 
-type Rpc = { status: number; body: any; headers: Headers };
-
-async function rpc(s: TestServer, method: string, params?: unknown, opts: { id?: unknown; token?: string | null; headers?: Record<string, string>; version?: string } = {}): Promise<Rpc> {
-  const body: Record<string, unknown> = { method, id: opts.id ?? 1 };
-  if (params !== undefined) body.params = params;
-  return s.call('POST', `/json-rpc/${opts.version ?? '12.5'}`, body, opts.token, opts.headers);
-}
-
-function expectResult(r: Rpc, id: unknown = 1) {
-  expect(r.status, JSON.stringify(r.body)).toBe(200);
-  expect(r.body.error, JSON.stringify(r.body)).toBeUndefined();
-  expect(r.body.id).toEqual(id);
-  return r.body.result;
-}
-
-function expectElementError(r: Rpc, name: string, opts: { status?: number; code?: number; id?: unknown } = {}) {
-  expect(r.status, JSON.stringify(r.body)).toBe(opts.status ?? 200);
-  expect(Object.keys(r.body).sort(), JSON.stringify(r.body)).toEqual(['error', 'id']);
-  expect(r.body.id).toEqual(opts.id === undefined ? 1 : opts.id);
-  expect(Object.keys(r.body.error).sort()).toEqual(['code', 'message', 'name']);
-  expect(r.body.error.name, JSON.stringify(r.body)).toBe(name);
-  expect(r.body.error.code).toBe(opts.code ?? 500);
-  expect(typeof r.body.error.message).toBe('string');
-  expect(r.body.error.message.length).toBeGreaterThan(0);
-}
-
-async function waitAsync(s: TestServer, handle: number) {
-  for (const end = Date.now() + 30_000; ; ) {
-    const r = expectResult(await rpc(s, 'GetAsyncResult', { asyncHandle: handle, keepResult: true }));
-    if (r.status === 'complete') return r;
-    if (Date.now() > end) throw new Error(`async result ${handle} did not complete: ${JSON.stringify(r)}`);
-    await new Promise((res) => setTimeout(res, 20));
-  }
-}
-
-interface DataKey {
-  svm: string;
-  id: string;
-  plaintext: string;
-  wrapped: string;
-}
+/** A data key and the SVM it belongs to. */
+type DataKey = Key & { svm: string };
 
 async function dataKeys(s: TestServer, svm: string, n: number): Promise<DataKey[]> {
-  const out: DataKey[] = [];
-  for (let i = 0; i < n; i += 10) {
-    const batch = await Promise.all(
-      Array.from({ length: Math.min(10, n - i) }, async () => {
-        const r = await s.call('POST', `/api/v1/svms/${svm}/data-keys`, {});
-        expect(r.status, JSON.stringify(r.body)).toBe(201);
-        noteSecret(r.body.plaintext);
-        return { svm, id: r.body.key_id, plaintext: r.body.plaintext, wrapped: r.body.wrapped };
-      }),
-    );
-    out.push(...batch);
-  }
-  return out;
+  return (await makeDataKeys(s, svm, n)).map((k) => ({ ...k, svm }));
 }
 
 async function expectAllUnwrap(s: TestServer, keys: DataKey[]) {
   const bySvm = new Map<string, DataKey[]>();
   for (const k of keys) bySvm.set(k.svm, [...(bySvm.get(k.svm) ?? []), k]);
-  for (const [svm, ks] of bySvm) {
-    const r = await s.call('POST', `/api/v1/svms/${svm}/unwrap-batch`, { wrapped: ks.map((k) => k.wrapped) });
-    expect(r.status, JSON.stringify(r.body).slice(0, 300)).toBe(200);
-    const bad = ks.filter((k, i) => r.body.records[i].key_id !== k.id || r.body.records[i].plaintext !== k.plaintext);
-    expect(bad.map((k) => k.id), 'keys that no longer unwrap to their bytes').toEqual([]);
-  }
+  for (const [svm, ks] of bySvm) await expectAllUnwrapIn(s, svm, ks);
 }
-
-const jobCount = async (s: TestServer) => (await s.app.services.store.db.selectFrom('jobs').select('uuid').execute()).length;
 
 for (const store of STORES) {
   describe(`Element JSON-RPC on ${store}`, () => {
@@ -94,7 +37,7 @@ for (const store of STORES) {
     afterAll(() => s?.close());
 
     it('has an internal master key from the first start, while ONTAP lists no key manager', async () => {
-      const info = expectResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo'));
+      const info = expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo'));
       expect(info).toMatchObject({ state: 'enabled', version: 1, masterKeyInfo: { keyManagementType: 'internal' } });
       expect(info.masterKeyInfo.keyID).toMatch(UUID);
       expect(info.masterKeyInfo.keyCreatedTime).toMatch(TIME);
@@ -108,8 +51,8 @@ for (const store of STORES) {
     });
 
     it('rekeys the master key on a fresh install (method and type in any case, as the seed sends them)', async () => {
-      const before = expectResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo')).masterKeyInfo;
-      const started = expectResult(await rpc(s, 'rekeysoftwareencryptionatrestmasterkey', { keyManagementType: 'internal' }, { id: 'rk-1' }), 'rk-1');
+      const before = expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo')).masterKeyInfo;
+      const started = expectRpcResult(await rpc(s, 'rekeysoftwareencryptionatrestmasterkey', { keyManagementType: 'internal' }, { id: 'rk-1' }), 'rk-1');
       expect(Object.keys(started)).toEqual(['asyncHandle']);
       expect(Number.isInteger(started.asyncHandle)).toBe(true);
       const done = await waitAsync(s, started.asyncHandle);
@@ -121,7 +64,7 @@ for (const store of STORES) {
       expect(done.result.newKey).toMatchObject({ keyManagementType: 'internal' });
       expect(done.result.newKey.keyID).toMatch(UUID);
       expect(done.result.newKey.keyID).not.toBe(before.keyID);
-      const info = expectResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo'));
+      const info = expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo'));
       expect(info.masterKeyInfo).toEqual(done.result.newKey);
       expect(info.rekeyMasterKeyAsyncResultID).toBe(started.asyncHandle);
       // The old key is decommissioned and its material erased.
@@ -136,8 +79,8 @@ for (const store of STORES) {
 
     it('answers 12.7 the same way, and echoes string and numeric ids', async () => {
       const a = await rpc(s, 'GetSoftwareEncryptionAtRestInfo', {}, { version: '12.7', id: 'abc' });
-      expect(expectResult(a, 'abc').state).toBe('enabled');
-      expectResult(await rpc(s, 'getsoftwareencryptionatrestinfo', undefined, { id: 42 }), 42);
+      expect(expectRpcResult(a, 'abc').state).toBe('enabled');
+      expectRpcResult(await rpc(s, 'getsoftwareencryptionatrestinfo', undefined, { id: 42 }), 42);
       const none = await s.call('POST', '/json-rpc/12.5', { method: 'GetSoftwareEncryptionAtRestInfo' });
       expect(none.body.id).toBeNull();
     });
@@ -178,7 +121,7 @@ for (const store of STORES) {
 
     it('reports parameters a method does not use', async () => {
       const r = await rpc(s, 'GetSoftwareEncryptionAtRestInfo', { verbose: true });
-      expectResult(r);
+      expectRpcResult(r);
       expect(Object.keys(r.body.unusedParameters)).toEqual(['verbose']);
     });
 
@@ -189,8 +132,8 @@ for (const store of STORES) {
         expect((await s.call('POST', '/api/v1/auth/users', { name, password: pw, role })).status).toBe(201);
       }
       const basic = (name: string) => ({ authorization: `Basic ${Buffer.from(`${name}:${pw}`).toString('base64')}` });
-      expect(expectResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo', undefined, { headers: basic('el-admin') })).state).toBe('enabled');
-      expect(expectResult(await rpc(s, 'ListAsyncResults', undefined, { headers: basic('el-reader') })).asyncHandles.length).toBeGreaterThan(0);
+      expect(expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo', undefined, { headers: basic('el-admin') })).state).toBe('enabled');
+      expect(expectRpcResult(await rpc(s, 'ListAsyncResults', undefined, { headers: basic('el-reader') })).asyncHandles.length).toBeGreaterThan(0);
       const jobs = await jobCount(s);
       expectElementError(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey', {}, { headers: basic('el-reader') }), 'xPermissionDenied');
       const bad = { authorization: `Basic ${Buffer.from('el-admin:wrong-password').toString('base64')}` };
@@ -205,12 +148,25 @@ for (const store of STORES) {
       expect(await jobCount(s)).toBe(jobs);
     });
 
+    it('answers HTTP 429 (code 429, xUnauthorized) while a user name is locked out after failed sign-ins, even with the right password', async () => {
+      const pw = `pw-${randomBytes(12).toString('base64url')}`;
+      noteSecret(pw);
+      expect((await s.call('POST', '/api/v1/auth/users', { name: 'el-locked', password: pw, role: 'cluster-admin' })).status).toBe(201);
+      const basic = (p: string) => ({ authorization: `Basic ${Buffer.from(`el-locked:${p}`).toString('base64')}` });
+      for (let i = 0; i < 5; i++) expectElementError(await rpc(s, 'GetSoftwareEncryptionAtRestInfo', undefined, { headers: basic('wrong-password') }), 'xUnauthorized', { status: 401, code: 401, id: null });
+      const locked = await rpc(s, 'GetSoftwareEncryptionAtRestInfo', undefined, { headers: basic(pw) });
+      expectElementError(locked, 'xUnauthorized', { status: 429, code: 429, id: null });
+      // The lock after a fifth failure runs out after a second; then the right password is taken again.
+      await new Promise((r) => setTimeout(r, 1_100));
+      expect(expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo', undefined, { headers: basic(pw) })).state).toBe('enabled');
+    });
+
     it('rekeys the master key of an onboard key manager: every DEK in every SVM under it unwraps to the same bytes', { timeout: 60_000 }, async () => {
       noteSecret(PASSPHRASE);
       expect((await s.call('POST', '/api/security/key-managers', { onboard: { passphrase: PASSPHRASE } })).status).toBe(201);
       const km = (await s.call('GET', '/api/security/key-managers')).body.records[0].uuid;
       // Under a key manager, the master key is its root; the internal one is retired.
-      const info0 = expectResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo')).masterKeyInfo;
+      const info0 = expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo')).masterKeyInfo;
       const internal = (await s.app.services.repos.masterKeys.list()).filter((r) => r.key_manager_uuid === null);
       expect(internal.every((r) => r.state === 'decommissioned')).toBe(true);
       const names = ['cluster1', 'elsvm', 'eldata2', 'eldata3'];
@@ -226,13 +182,13 @@ for (const store of STORES) {
       expect(keksBefore.length).toBe(5);
       expect(new Set(keksBefore.map((k) => k.root_version))).toEqual(new Set([1]));
 
-      const started = expectResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey'));
+      const started = expectRpcResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey'));
       // Keys are served during the rekey.
       await expectAllUnwrap(s, keys.slice(0, 20));
       const done = await waitAsync(s, started.asyncHandle);
       expect(done.result.keyToDecommission).toEqual(info0);
       expect(done.result.newKey.keyID).not.toBe(info0.keyID);
-      const info = expectResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo'));
+      const info = expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo'));
       expect(info.masterKeyInfo).toEqual(done.result.newKey);
       expect(info.rekeyMasterKeyAsyncResultID).toBe(started.asyncHandle);
 
@@ -258,27 +214,27 @@ for (const store of STORES) {
       await s.close();
       s = await startServer({ store, dataDir, storeUrl, pgSchema, token });
       await expectAllUnwrap(s, keys);
-      expect(expectResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo')).masterKeyInfo).toEqual(done.result.newKey);
+      expect(expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo')).masterKeyInfo).toEqual(done.result.newKey);
     });
 
     it('keepResult: a completed result read without it is gone; ListAsyncResults filters by type and does not expire results', async () => {
-      const started = expectResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey', { keyManagementType: 'Internal' }));
+      const started = expectRpcResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey', { keyManagementType: 'Internal' }));
       await waitAsync(s, started.asyncHandle);
-      const all = expectResult(await rpc(s, 'ListAsyncResults')).asyncHandles;
+      const all = expectRpcResult(await rpc(s, 'ListAsyncResults')).asyncHandles;
       const mine = all.find((a: any) => a.asyncResultID === started.asyncHandle);
       expect(mine).toMatchObject({ completed: true, success: true, resultType: 'RekeySoftwareEncryptionAtRestMasterKey' });
       expect(mine.data.newKey.keyID).toMatch(UUID);
-      const only = expectResult(await rpc(s, 'ListAsyncResults', { asyncResultTypes: ['rekeysoftwareencryptionatrestmasterkey'] })).asyncHandles;
+      const only = expectRpcResult(await rpc(s, 'ListAsyncResults', { asyncResultTypes: ['rekeysoftwareencryptionatrestmasterkey'] })).asyncHandles;
       expect(only.length).toBeGreaterThanOrEqual(2);
       expect(only.every((a: any) => a.resultType === 'RekeySoftwareEncryptionAtRestMasterKey')).toBe(true);
       expect(all.some((a: any) => a.resultType === 'RekeyInternal')).toBe(true);
-      expect(expectResult(await rpc(s, 'ListAsyncResults', { asyncResultTypes: ['Clone'] })).asyncHandles).toEqual([]);
+      expect(expectRpcResult(await rpc(s, 'ListAsyncResults', { asyncResultTypes: ['Clone'] })).asyncHandles).toEqual([]);
       // Listing did not expire it; reading it without keepResult does.
-      const once = expectResult(await rpc(s, 'GetAsyncResult', { asyncHandle: started.asyncHandle }));
+      const once = expectRpcResult(await rpc(s, 'GetAsyncResult', { asyncHandle: started.asyncHandle }));
       expect(once.status).toBe('complete');
       expectElementError(await rpc(s, 'GetAsyncResult', { asyncHandle: started.asyncHandle }), 'xDBNoSuchPath');
-      expect(expectResult(await rpc(s, 'ListAsyncResults')).asyncHandles.some((a: any) => a.asyncResultID === started.asyncHandle)).toBe(false);
-      const info = expectResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo'));
+      expect(expectRpcResult(await rpc(s, 'ListAsyncResults')).asyncHandles.some((a: any) => a.asyncResultID === started.asyncHandle)).toBe(false);
+      const info = expectRpcResult(await rpc(s, 'GetSoftwareEncryptionAtRestInfo'));
       expect(info.rekeyMasterKeyAsyncResultID).not.toBe(started.asyncHandle);
       // The ONTAP job stays.
       expect((await s.call('GET', '/api/cluster/jobs')).body.num_records).toBe(all.length);
@@ -287,11 +243,11 @@ for (const store of STORES) {
     it('refuses a second master-key rekey while one is unfinished', async () => {
       await s.app.services.jobs.stop(); // the runner is idle: a new job stays queued
       try {
-        const first = expectResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey'));
+        const first = expectRpcResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey'));
         const jobs = await jobCount(s);
         expectElementError(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey'), 'xMasterRekeyRunning');
         expect(await jobCount(s)).toBe(jobs);
-        const running = expectResult(await rpc(s, 'GetAsyncResult', { asyncHandle: first.asyncHandle }));
+        const running = expectRpcResult(await rpc(s, 'GetAsyncResult', { asyncHandle: first.asyncHandle }));
         expect(running).toMatchObject({ status: 'running', details: { state: 'queued' } });
         expect(running.result).toBeUndefined();
         s.app.services.jobs.start();
@@ -316,7 +272,7 @@ for (const store of STORES) {
       } finally {
         await setState('active');
       }
-      expectResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey'));
+      expectRpcResult(await rpc(s, 'RekeySoftwareEncryptionAtRestMasterKey'));
     });
   });
 }

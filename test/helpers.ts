@@ -172,3 +172,43 @@ export function expectJobLink(r: { status: number; body: any }): string {
   expect(r.body.job._links.self.href).toBe(`/api/cluster/jobs/${r.body.job.uuid}`);
   return r.body.job._links.self.href;
 }
+
+/** An Element JSON-RPC answer. */
+export type RpcAnswer = { status: number; body: any; headers: Headers };
+
+/** Calls an Element JSON-RPC method on `/json-rpc/<version>` (12.5 unless told), with id 1 unless told. */
+export async function rpc(s: TestServer, method: string, params?: unknown, opts: { id?: unknown; token?: string | null; headers?: Record<string, string>; version?: string } = {}): Promise<RpcAnswer> {
+  const body: Record<string, unknown> = { method, id: opts.id ?? 1 };
+  if (params !== undefined) body.params = params;
+  return s.call('POST', `/json-rpc/${opts.version ?? '12.5'}`, body, opts.token, opts.headers);
+}
+
+/** An Element answer with a result: HTTP 200, no error, the id echoed. Returns the result. */
+export function expectRpcResult(r: RpcAnswer, id: unknown = 1) {
+  expect(r.status, JSON.stringify(r.body)).toBe(200);
+  expect(r.body.error, JSON.stringify(r.body)).toBeUndefined();
+  expect(r.body.id).toEqual(id);
+  return r.body.result;
+}
+
+/** A refusal in Element's envelope `{"error":{"code","name","message"},"id"}` (HTTP 200 and code 500 unless told). */
+export function expectElementError(r: RpcAnswer, name: string, opts: { status?: number; code?: number; id?: unknown } = {}) {
+  expect(r.status, JSON.stringify(r.body)).toBe(opts.status ?? 200);
+  expect(Object.keys(r.body).sort(), JSON.stringify(r.body)).toEqual(['error', 'id']);
+  expect(r.body.id).toEqual(opts.id === undefined ? 1 : opts.id);
+  expect(Object.keys(r.body.error).sort()).toEqual(['code', 'message', 'name']);
+  expect(r.body.error.name, JSON.stringify(r.body)).toBe(name);
+  expect(r.body.error.code).toBe(opts.code ?? 500);
+  expect(typeof r.body.error.message).toBe('string');
+  expect(r.body.error.message.length).toBeGreaterThan(0);
+}
+
+/** Polls GetAsyncResult (keepResult) until the async result is complete; returns it. */
+export async function waitAsync(s: TestServer, handle: number, ms = 30_000) {
+  for (const end = Date.now() + ms; ; ) {
+    const r = expectRpcResult(await rpc(s, 'GetAsyncResult', { asyncHandle: handle, keepResult: true }));
+    if (r.status === 'complete') return r;
+    if (Date.now() > end) throw new Error(`async result ${handle} did not complete: ${JSON.stringify(r)}`);
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}

@@ -7,47 +7,15 @@
  * not allow; refusals change nothing; Element sees the same jobs.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { STORES, noteSecret, startWithOkm, type TestServer } from './helpers.js';
+import { STORES, dataKeys as makeDataKeys, expectAllUnwrap as expectAllUnwrapIn, expectError, jobEnd as jobEndAt, noteSecret, rpc, startWithOkm, type DataKey, type TestServer } from './helpers.js';
 
 type Okm = TestServer & { kmUuid: string };
-interface DataKey {
-  id: string;
-  plaintext: string;
-  wrapped: string;
-}
 
 const N = 600;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function expectError(r: { status: number; body: any }, status: number, code: string) {
-  expect(r.status, JSON.stringify(r.body)).toBe(status);
-  expect(Object.keys(r.body ?? {})).toEqual(['error']);
-  expect(r.body.error.code, JSON.stringify(r.body)).toBe(code);
-}
-
-async function dataKeys(s: TestServer, n: number): Promise<DataKey[]> {
-  const out: DataKey[] = [];
-  for (let i = 0; i < n; i += 20) {
-    out.push(
-      ...(await Promise.all(
-        Array.from({ length: Math.min(20, n - i) }, async () => {
-          const r = await s.call('POST', '/api/v1/svms/cluster1/data-keys', {});
-          expect(r.status).toBe(201);
-          noteSecret(r.body.plaintext);
-          return { id: r.body.key_id, plaintext: r.body.plaintext, wrapped: r.body.wrapped };
-        }),
-      )),
-    );
-  }
-  return out;
-}
-
-async function expectAllUnwrap(s: TestServer, keys: DataKey[]) {
-  const r = await s.call('POST', '/api/v1/svms/cluster1/unwrap-batch', { wrapped: keys.map((k) => k.wrapped) });
-  expect(r.status).toBe(200);
-  const bad = keys.filter((k, i) => r.body.records[i].key_id !== k.id || r.body.records[i].plaintext !== k.plaintext);
-  expect(bad.map((k) => k.id)).toEqual([]);
-}
+const dataKeys = (s: TestServer, n: number) => makeDataKeys(s, 'cluster1', n);
+const expectAllUnwrap = (s: TestServer, keys: DataKey[]) => expectAllUnwrapIn(s, 'cluster1', keys);
 
 const job = async (s: TestServer, uuid: string) => {
   const r = await s.call('GET', `/api/cluster/jobs/${uuid}`);
@@ -55,14 +23,7 @@ const job = async (s: TestServer, uuid: string) => {
   return r.body;
 };
 
-async function jobEnd(s: TestServer, uuid: string) {
-  for (const end = Date.now() + 60_000; ; ) {
-    const j = await job(s, uuid);
-    if (j.state === 'success' || j.state === 'failure') return j;
-    if (Date.now() > end) throw new Error(`job did not end: ${JSON.stringify(j)}`);
-    await sleep(20);
-  }
-}
+const jobEnd = (s: TestServer, uuid: string) => jobEndAt(s, `/api/cluster/jobs/${uuid}`, 60_000);
 
 const patch = (s: TestServer, uuid: string, action: string, token?: string) => s.call('PATCH', `/api/cluster/jobs/${uuid}?action=${action}`, undefined, token);
 
@@ -107,7 +68,7 @@ for (const store of STORES) {
       // Actions its state does not allow.
       expectError(await patch(s, uuid, 'pause'), 400, '458776');
       // Element sees it as running.
-      const el = await s.call('POST', '/json-rpc/12.5', { method: 'GetAsyncResult', params: { asyncHandle: row.handle, keepResult: true }, id: 1 });
+      const el = await rpc(s, 'GetAsyncResult', { asyncHandle: row.handle, keepResult: true });
       expect(el.body.result).toMatchObject({ status: 'running', resultType: 'RekeyInternal', details: { state: 'paused' } });
 
       expect((await patch(s, uuid, 'resume')).status).toBe(200);
@@ -130,7 +91,7 @@ for (const store of STORES) {
       // Keys sit under two KEK versions now; none is lost.
       const versions = await s.app.services.store.db.selectFrom('deks').select('kek_version').distinct().execute();
       expect(versions.length).toBe(2);
-      const el = await s.call('POST', '/json-rpc/12.5', { method: 'GetAsyncResult', params: { asyncHandle: (await s.app.services.repos.jobs.find(uuid))!.handle, keepResult: true }, id: 1 });
+      const el = await rpc(s, 'GetAsyncResult', { asyncHandle: (await s.app.services.repos.jobs.find(uuid))!.handle, keepResult: true });
       expect(el.body.result).toMatchObject({ status: 'complete', error: { name: 'xJobCancelled' } });
 
       const again = await s.call('POST', `/api/security/key-managers/${s.kmUuid}/rekey-internal?return_timeout=0`);

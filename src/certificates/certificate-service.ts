@@ -9,6 +9,9 @@
  * - A private key (client and server types only) must parse and match the certificate; it is
  *   stored only sealed under the admin tenant's KEK, bound to the certificate's uuid, and is never
  *   returned by the API, logged or audited.
+ * - A certificate named by an external key manager's configuration (client certificate or server
+ *   CA) is not deleted while that configuration exists (ONTAP 3735683), checked in the deleting
+ *   transaction.
  * - A certificate of type `client` installed for an SVM makes a TLS client presenting exactly that
  *   certificate (same SHA-256 of its DER) a principal with the application role on that SVM: this
  *   is how KMIP clients are authorised.
@@ -196,7 +199,12 @@ export function createCertificateService(deps: {
 
     async remove(row: CertificateRow, who: Actor): Promise<void> {
       await db.transaction().execute(async (tx) => {
+        // Deleted first, then checked in the same transaction: the delete holds the row's lock
+        // (PostgreSQL) until the end, and a configuration naming it that committed before the check
+        // is seen; the refusal throws and rolls the delete back.
         await repo.remove(row.uuid, tx);
+        const users = await repo.keyManagersUsing(row.uuid, tx);
+        if (users.length > 0) throw new KeysmithError('certificate_in_use', `Cannot remove this certificate while external key manager is configured: key manager ${users.join(', ')} uses it.`);
         await audit.recordIn(tx, { ...who, action: 'certificate.delete', outcome: 'success', objectType: 'certificate', objectId: row.uuid, svmUuid: row.svm_uuid, detail: { name: row.name, type: row.type } });
       });
       revision += 1;

@@ -94,9 +94,10 @@ async function installedClient(s: Services, pem: string) {
   throw new ElementError('xInvalidParameter', 'kmipClientCertificate is not installed with its private key: install it through /api/security/certificates (type client, with private_key) first; Keysmith does not generate client key pairs.');
 }
 
-async function providerActive(s: Services, id: number): Promise<boolean> {
-  for (const cfg of await s.repos.kmipServers.configsForProvider(id)) {
-    const km = await s.repos.keyManagers.findByUuid(cfg.key_manager_uuid);
+/** tx: inside a transaction every read must use it (SQLite has one connection, which the transaction holds). */
+async function providerActive(s: Services, id: number, tx?: Tx): Promise<boolean> {
+  for (const cfg of await s.repos.kmipServers.configsForProvider(id, tx)) {
+    const km = await s.repos.keyManagers.findByUuid(cfg.key_manager_uuid, tx);
     if (km?.enabled === 1) return true;
   }
   return false;
@@ -127,16 +128,31 @@ async function providerView(s: Services, p: KmipKeyProviderRow) {
   };
 }
 
-async function findServer(s: Services, id: number): Promise<KmipKeyServerRow> {
-  const r = await s.repos.kmipServers.findServer(id);
+async function findServer(s: Services, id: number, tx?: Tx): Promise<KmipKeyServerRow> {
+  const r = await s.repos.kmipServers.findServer(id, tx);
   if (!r) fail('key_server_unknown', `Key server ${id} does not exist.`);
   return r;
 }
 
-async function findProvider(s: Services, id: number): Promise<KmipKeyProviderRow> {
-  const r = await s.repos.kmipServers.findProvider(id);
+async function findProvider(s: Services, id: number, tx?: Tx): Promise<KmipKeyProviderRow> {
+  const r = await s.repos.kmipServers.findProvider(id, tx);
   if (!r) fail('key_provider_unknown', `Key provider ${id} does not exist.`);
   return r;
+}
+
+/**
+ * Runs a change of providers and servers with its checks in one transaction. On PostgreSQL it first
+ * locks the admin SVM's configuration rows, as a move of the master key does (submitMove): two
+ * changes, or a change and a move, then see each other's effects instead of both passing their
+ * checks. SQLite runs one transaction at a time already.
+ */
+function changeProviders<T>(s: Services, fn: (tx: Tx) => Promise<T>): Promise<T> {
+  const repo = createKeyStoreRepo(s.store.db, s.store.dialect);
+  return s.store.db.transaction().execute(async (tx) => {
+    const admin = await s.repos.svms.findAdmin(tx);
+    if (admin) await repo.lockConfigs(admin.uuid, tx);
+    return fn(tx);
+  });
 }
 
 /** How to reach a key server: its host names in order (one primary, the rest as failover). */
@@ -151,7 +167,7 @@ async function endpointOf(s: Services, r: KmipKeyServerRow): Promise<{ endpoint:
       servers: [{ host: hosts[0], port: r.port, timeout: DEFAULT_TIMEOUT_S, secondary: hosts.slice(1).map((h) => ({ host: h, port: r.port })) }],
       clientCertificatePem: r.client_certificate_pem,
       serverCaPems: pemCertificates('kmipCaCertificate', r.ca_pem).map((c) => c.toString()),
-      secrets: { key: key.export({ format: 'pem', type: 'pkcs8' }) as string, passwords: [null] },
+      secrets: { key: key.export({ format: 'pem', type: 'pkcs8' }) as string, passwords: {} },
     },
   };
 }
@@ -304,12 +320,12 @@ export const KEY_PROVIDER_METHODS: Record<string, Method> = {
     requireAdmin(principal);
     const providerId = params.integer('keyProviderID', { required: true, min: 1 })!;
     const serverId = params.integer('keyServerID', { required: true, min: 1 })!;
-    await findProvider(s, providerId);
-    const server = await findServer(s, serverId);
-    if (server.key_provider_id === providerId) return {};
-    if (server.key_provider_id !== null) throw new ElementError('xInvalidParameter', `Key server ${serverId} is already assigned to key provider ${server.key_provider_id}.`);
-    if ((await s.repos.kmipServers.serversOfProvider(providerId)).length > 0) throw new ElementError('xInvalidParameter', `Key provider ${providerId} already has a key server; a provider has one.`);
-    await s.store.db.transaction().execute(async (tx) => {
+    await changeProviders(s, async (tx) => {
+      await findProvider(s, providerId, tx);
+      const server = await findServer(s, serverId, tx);
+      if (server.key_provider_id === providerId) return;
+      if (server.key_provider_id !== null) throw new ElementError('xInvalidParameter', `Key server ${serverId} is already assigned to key provider ${server.key_provider_id}.`);
+      if ((await s.repos.kmipServers.serversOfProvider(providerId, tx)).length > 0) throw new ElementError('xInvalidParameter', `Key provider ${providerId} already has a key server; a provider has one.`);
       await s.repos.kmipServers.updateServer(serverId, { key_provider_id: providerId }, tx);
       await s.audit.recordIn(tx, { ...actor, action: 'key_provider.add_server', outcome: 'success', objectType: 'key_provider', objectId: String(providerId), detail: { key_server: serverId } });
     });
@@ -319,10 +335,10 @@ export const KEY_PROVIDER_METHODS: Record<string, Method> = {
   async RemoveKeyServerFromProviderKmip(s, { params, principal, actor }) {
     requireAdmin(principal);
     const serverId = params.integer('keyServerID', { required: true, min: 1 })!;
-    const server = await findServer(s, serverId);
-    if (server.key_provider_id === null) return {};
-    if (await providerActive(s, server.key_provider_id)) fail('key_provider_in_use', `Key provider ${server.key_provider_id} holds the master key: its key server cannot be removed.`);
-    await s.store.db.transaction().execute(async (tx) => {
+    await changeProviders(s, async (tx) => {
+      const server = await findServer(s, serverId, tx);
+      if (server.key_provider_id === null) return;
+      if (await providerActive(s, server.key_provider_id, tx)) fail('key_provider_in_use', `Key provider ${server.key_provider_id} holds the master key: its key server cannot be removed.`);
       await s.repos.kmipServers.updateServer(serverId, { key_provider_id: null }, tx);
       await s.audit.recordIn(tx, { ...actor, action: 'key_provider.remove_server', outcome: 'success', objectType: 'key_provider', objectId: String(server.key_provider_id), detail: { key_server: serverId } });
     });
@@ -391,10 +407,10 @@ export const KEY_PROVIDER_METHODS: Record<string, Method> = {
   async DeleteKeyProviderKmip(s, { params, principal, actor }) {
     requireAdmin(principal);
     const id = params.integer('keyProviderID', { required: true, min: 1 })!;
-    await findProvider(s, id);
-    if (await providerActive(s, id)) fail('key_provider_in_use', `Key provider ${id} holds the master key and cannot be deleted.`);
-    if ((await s.repos.kmipServers.serversOfProvider(id)).length > 0) fail('key_provider_in_use', `Key provider ${id} still has a key server: remove it first.`);
-    await s.store.db.transaction().execute(async (tx) => {
+    await changeProviders(s, async (tx) => {
+      await findProvider(s, id, tx);
+      if (await providerActive(s, id, tx)) fail('key_provider_in_use', `Key provider ${id} holds the master key and cannot be deleted.`);
+      if ((await s.repos.kmipServers.serversOfProvider(id, tx)).length > 0) fail('key_provider_in_use', `Key provider ${id} still has a key server: remove it first.`);
       await s.repos.kmipServers.removeProvider(id, tx);
       await s.audit.recordIn(tx, { ...actor, action: 'key_provider.delete', outcome: 'success', objectType: 'key_provider', objectId: String(id) });
     });
@@ -404,9 +420,9 @@ export const KEY_PROVIDER_METHODS: Record<string, Method> = {
   async DeleteKeyServerKmip(s, { params, principal, actor }) {
     requireAdmin(principal);
     const id = params.integer('keyServerID', { required: true, min: 1 })!;
-    const r = await findServer(s, id);
-    if (r.key_provider_id !== null) fail('key_server_in_use', `Key server ${id} is assigned to key provider ${r.key_provider_id}: remove it from the provider first.`);
-    await s.store.db.transaction().execute(async (tx) => {
+    await changeProviders(s, async (tx) => {
+      const r = await findServer(s, id, tx);
+      if (r.key_provider_id !== null) fail('key_server_in_use', `Key server ${id} is assigned to key provider ${r.key_provider_id}: remove it from the provider first.`);
       await s.repos.kmipServers.removeServer(id, tx);
       await s.audit.recordIn(tx, { ...actor, action: 'key_server.delete', outcome: 'success', objectType: 'key_server', objectId: String(id) });
     });

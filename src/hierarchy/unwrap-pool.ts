@@ -30,6 +30,9 @@ const MAIN_SHARE = 0.8;
 
 type Answer = ({ ok: true } & UnwrapChunkResult) | { ok: false; reason: string };
 
+/** Chunks and keys worker threads have answered, for the whole process: lets a test prove a batch ran on them. */
+export const unwrapPoolStats = { workerChunks: 0, workerKeys: 0 };
+
 export function createUnwrapPool(opts: { threads?: number } = {}) {
   // The event loop's own core is busy with the rest of the request: one worker per other core.
   const size = Math.max(0, opts.threads ?? Math.min(availableParallelism() - 1, 4));
@@ -44,6 +47,8 @@ export function createUnwrapPool(opts: { threads?: number } = {}) {
     // The packed arrays are the chunk's own: moved to the worker, not copied (the KEK copies are copied, then zeroed by the caller).
     const a = await pool.send(chunk, [chunk.blobs.buffer as ArrayBuffer, chunk.offsets.buffer as ArrayBuffer, chunk.ids.buffer as ArrayBuffer, chunk.idOffsets.buffer as ArrayBuffer, chunk.versions.buffer as ArrayBuffer]);
     if (!a.ok) throw new Error(`unwrap worker: ${a.reason}`);
+    unwrapPoolStats.workerChunks += 1;
+    unwrapPoolStats.workerKeys += a.failed.length;
     return a;
   }
 

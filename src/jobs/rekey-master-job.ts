@@ -14,6 +14,10 @@
  * A crash between steps leaves KEKs under both versions, and both are sealed for this node, so
  * every KEK and DEK stays readable; the restarted node resumes at the saved cursor. Repeating a
  * step is harmless: start only runs while the cursor is empty, and it is saved with its effects.
+ * A pause or a cancel (ONTAP job actions) leaves the same state, a cancel for good: both versions
+ * stay sealed for this node (an unseal with the passphrase opens the older one from that seal),
+ * a key backup carries every root version a KEK is under (onboard-service.ts), and the next
+ * master-key rekey moves every KEK under its own new version, older ones included.
  */
 import { randomBytes } from 'node:crypto';
 import { open, seal } from '../crypto/aead.js';

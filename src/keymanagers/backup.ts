@@ -23,7 +23,20 @@ const ctx = { purpose: 'backup', tenant: '-', keyId: 'backup', version: 1 };
 export interface BackupPayload {
   format: 'keysmith-okm-backup';
   created: string;
-  key_manager: { uuid: string; svm_uuid: string; root_id: string; root_version: number; root: string; created_at: string };
+  key_manager: {
+    uuid: string;
+    svm_uuid: string;
+    root_id: string;
+    root_version: number;
+    root: string;
+    created_at: string;
+    /**
+     * Older root versions that still wrap some of the KEKs (a master-key rekey paused, cancelled or
+     * still running): each KEK opens under the root of its own root_version. Absent when every KEK
+     * is under `root_version`, as in backups made before this field existed.
+     */
+    older_roots?: { root_version: number; root: string }[];
+  };
   svms: { uuid: string; name: string; scope: 'cluster' | 'svm'; created_at: string }[];
   keks: { id: string; svm_uuid: string; version: number; root_version: number; wrapped: string; state: string; created_at: string }[];
   /** DEK rows as stored, their wrapped material in base64 (null once destroyed). */

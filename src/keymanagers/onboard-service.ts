@@ -9,6 +9,9 @@
  * - Passphrases and key material never reach the audit log, the logs or an error message.
  * - Restore writes nothing until the whole backup has been opened and every KEK and DEK in it has
  *   been checked to open under the restored root.
+ * - A backup holds every root version some KEK is under (a master-key rekey running, paused or
+ *   cancelled leaves two); restore re-wraps those KEKs under the newest, so the restored key
+ *   manager has one root version.
  */
 import { randomBytes } from 'node:crypto';
 import { open, seal } from '../crypto/aead.js';
@@ -16,7 +19,7 @@ import { deriveKey, newKdfParams, validKdfParams, type KdfParams } from '../cryp
 import { KeysmithError, fail } from '../errors.js';
 import { newId, uuid } from '../ids.js';
 import type { AuditService } from '../audit/audit-service.js';
-import { backupKeyContext, kekContext, rootContext, type Keyring } from '../hierarchy/keyring.js';
+import { backupKeyContext, kekContext, nodeSealContext, rootContext, type Keyring } from '../hierarchy/keyring.js';
 import type { Conn, Db, Tx } from '../store/schema.js';
 import type { KeyManagerRepo, KeyManagerRow } from '../store/key-manager-repo.js';
 import type { KekRepo } from '../store/kek-repo.js';
@@ -72,6 +75,21 @@ export function createOnboardService(deps: {
     const wrapped = keyring.wrapKek(km, row, material);
     await deps.keks.insert({ ...row, wrapped }, tx);
     return row;
+  }
+
+  /**
+   * Opens the older root versions of a key manager this node still holds seals for, as a start
+   * does (keyring.load): a master-key rekey paused or cancelled mid-way leaves KEKs under them,
+   * and the passphrase opens only the current version.
+   */
+  async function loadOlderRoots(km: KeyManagerRow): Promise<void> {
+    for (let v = km.root_version - 1; v >= 1; v--) {
+      const old = { ...km, root_version: v };
+      const found = await deps.keyManagers.findSeal(km.uuid, v, keyring.node.id);
+      if (!found) break;
+      const r = open(keyring.node.sealKey, nodeSealContext(old, keyring.node.id), found.blob);
+      if (r) keyring.putRoot(old, r);
+    }
   }
 
   async function kmSvms(km: KeyManagerRow, tx: Conn = db): Promise<SvmRow[]> {
@@ -179,19 +197,28 @@ export function createOnboardService(deps: {
       const pk = open(root, backupKeyContext(km), km.backup_seal);
       if (!pk) throw new Error(`backup key of key manager ${km.uuid} does not open under its root`);
       // One snapshot (REPEATABLE READ on PostgreSQL; SQLite's read transaction is one already), so a
-      // rekey moving keys meanwhile cannot leave a DEK whose KEK version the backup lacks.
-      const payload = await db
-        .transaction()
-        .setIsolationLevel('repeatable read')
-        .execute(async (tx) => {
-          const current = await deps.keyManagers.findByUuid(km.uuid, tx);
-          if (!current || current.root_version !== km.root_version) fail('key_manager_changed');
-          const p = await buildPayload(km, root, tx);
-          // A master-key rekey still moving KEKs to the new root: a backup now would hold KEKs
-          // under two roots, and restore would (rightly) refuse it. It is available once the job ends.
-          if (p.keks.some((k) => k.root_version !== km.root_version)) fail('master_rekey_running', 'A master-key rekey is moving this key manager’s keys: take the backup once it has finished.');
-          return p;
-        });
+      // rekey moving keys meanwhile cannot leave a DEK whose KEK version the backup lacks. KEKs a
+      // master-key rekey has not moved yet (it runs, is paused, or was cancelled) come with the older
+      // root they are under, so the backup is whole whenever it is taken.
+      let payload: BackupPayload;
+      try {
+        payload = await db
+          .transaction()
+          .setIsolationLevel('repeatable read')
+          .execute(async (tx) => {
+            const current = await deps.keyManagers.findByUuid(km.uuid, tx);
+            if (!current || current.root_version !== km.root_version) fail('key_manager_changed');
+            return buildPayload(km, root, tx);
+          });
+      } catch (e) {
+        // An older root the snapshot still needed was dropped meanwhile: the rekey has just moved its
+        // last KEK (it forgets old roots then), so a retry succeeds. Otherwise this node lacks it.
+        if (e instanceof KeysmithError && e.kind === 'not_synchronized' && keyring.hasRoot(km)) {
+          const keks = (await deps.keks.listAll()).filter((k) => k.key_manager_uuid === km.uuid);
+          if (keks.every((k) => keyring.hasRoot({ uuid: km.uuid, root_version: k.root_version }))) fail('key_manager_changed');
+        }
+        throw e;
+      }
       const text = sealBackup(payload, pk, JSON.parse(km.kdf) as KdfParams);
       await audit.record({ ...who, action: 'key_manager.backup', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: km.svm_uuid, detail: { keks: payload.keks.length, deks: payload.deks.length } });
       return text;
@@ -206,6 +233,8 @@ export function createOnboardService(deps: {
       const p = opened.value;
       const checked = checkPayload(p);
       if (!checked.ok) throw new KeysmithError('backup_tampered', checked.reason, 'key_backup');
+      for (const k of checked.kekKeys.values()) k.fill(0);
+      checked.root.fill(0);
       return summary(p);
     },
 
@@ -221,7 +250,7 @@ export function createOnboardService(deps: {
       const p = opened.value;
       const checked = checkPayload(p);
       if (!checked.ok) throw new KeysmithError('backup_tampered', checked.reason, 'key_backup');
-      const root = checked.root;
+      const { root, kekKeys } = checked;
       const kmInfo = p.key_manager;
       const t = now();
       const ps = await passphraseSeal(kmInfo, root, passphrase);
@@ -246,11 +275,18 @@ export function createOnboardService(deps: {
         const km: KeyManagerRow = { uuid: kmInfo.uuid, svm_uuid: kmInfo.svm_uuid, type: 'okm', enabled: 1, state: 'active', kdf: ps.kdf, root_id: kmInfo.root_id, root_version: kmInfo.root_version, passphrase_seal: ps.seal, backup_seal: ps.backupSeal, created_at: kmInfo.created_at, updated_at: t };
         await deps.keyManagers.insert(km, tx);
         await deps.keyManagers.upsertSeal({ key_manager_uuid: km.uuid, root_version: km.root_version, node_id: keyring.node.id, blob: keyring.sealForNode(km, root), created_at: t }, tx);
-        for (const k of p.keks) await deps.keks.insert({ ...k, key_manager_uuid: km.uuid, state: k.state as 'active' | 'decommissioned', wrapped: Buffer.from(k.wrapped, 'base64') }, tx);
+        // KEKs a master-key rekey had not moved yet are re-wrapped under the restored root here, so
+        // the restored key manager holds one root version only (its older ones are not restored).
+        for (const k of p.keks) {
+          const wrapped = k.root_version === km.root_version ? Buffer.from(k.wrapped, 'base64') : seal(root, km.uuid, km.root_version, kekContext(k), kekKeys.get(`${k.svm_uuid}:${k.version}`)!);
+          await deps.keks.insert({ ...k, root_version: km.root_version, key_manager_uuid: km.uuid, state: k.state as 'active' | 'decommissioned', wrapped }, tx);
+        }
         const rows = p.deks.map((d) => ({ ...d, wrapped: d.wrapped === null ? null : Buffer.from(d.wrapped, 'base64') }));
         for (let i = 0; i < rows.length; i += 200) await tx.insertInto('deks').values(rows.slice(i, i + 200)).execute();
         await audit.recordIn(tx, { ...who, action: 'key_manager.restore', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: km.svm_uuid, detail: { keks: p.keks.length, deks: p.deks.length } });
         keyring.putRoot(km, root);
+      }).finally(() => {
+        for (const k of kekKeys.values()) k.fill(0);
       });
       return summary(p);
     },
@@ -265,6 +301,7 @@ export function createOnboardService(deps: {
         const root = await openRootWithPassphrase(km, passphrase);
         if (root) {
           keyring.putRoot(km, root);
+          await loadOlderRoots(km);
           opened.push(km.uuid);
         } else remaining.push(km.uuid);
       }
@@ -283,10 +320,13 @@ export function createOnboardService(deps: {
     const svmSet = new Set(svms.map((s) => s.uuid));
     const keks = (await deps.keks.listAll(tx)).filter((k) => k.key_manager_uuid === km.uuid);
     const deks = (await deps.deks.listAll(tx)).filter((d) => svmSet.has(d.svm_uuid) && keks.some((k) => k.svm_uuid === d.svm_uuid));
+    const olderVersions = [...new Set(keks.map((k) => k.root_version))].filter((v) => v !== km.root_version).sort((a, b) => a - b);
+    // keyring.root refuses (not_synchronized) when this node does not hold one of them.
+    const older = olderVersions.map((v) => ({ root_version: v, root: keyring.root({ uuid: km.uuid, root_version: v }).toString('base64') }));
     return {
       format: 'keysmith-okm-backup',
       created: now(),
-      key_manager: { uuid: km.uuid, svm_uuid: km.svm_uuid, root_id: km.root_id, root_version: km.root_version, root: root.toString('base64'), created_at: km.created_at },
+      key_manager: { uuid: km.uuid, svm_uuid: km.svm_uuid, root_id: km.root_id, root_version: km.root_version, root: root.toString('base64'), created_at: km.created_at, ...(older.length > 0 ? { older_roots: older } : {}) },
       svms: svms.map((s) => ({ uuid: s.uuid, name: s.name, scope: s.scope, created_at: s.created_at })),
       keks: keks.map((k) => ({ id: k.id, svm_uuid: k.svm_uuid, version: k.version, root_version: k.root_version, wrapped: k.wrapped.toString('base64'), state: k.state, created_at: k.created_at })),
       deks: deks.map((d) => ({ ...d, wrapped: d.wrapped === null ? null : d.wrapped.toString('base64') })),
@@ -305,16 +345,35 @@ function summary(p: BackupPayload) {
   };
 }
 
-/** Checks that every KEK opens under the backup's root and every live DEK under its KEK. */
-function checkPayload(p: BackupPayload): { ok: true; root: Buffer } | { ok: false; reason: string } {
+/**
+ * Checks that every KEK opens under the backup's root of its root version and every live DEK under
+ * its KEK; returns the roots' current one and the KEKs (by `svm:version`) it opened.
+ */
+function checkPayload(p: BackupPayload): { ok: true; root: Buffer; kekKeys: Map<string, Buffer> } | { ok: false; reason: string } {
   const root = Buffer.from(p.key_manager.root, 'base64');
   if (root.length !== 32) return { ok: false, reason: 'The backup root key is not 32 bytes.' };
+  const roots = new Map<number, Buffer>([[p.key_manager.root_version, root]]);
+  const older: unknown = p.key_manager.older_roots ?? [];
+  if (!Array.isArray(older)) return { ok: false, reason: 'The backup’s older root keys are malformed.' };
+  for (const o of older as { root_version?: unknown; root?: unknown }[]) {
+    const r = typeof o?.root === 'string' ? Buffer.from(o.root, 'base64') : null;
+    if (!Number.isSafeInteger(o?.root_version) || roots.has(o.root_version as number) || !r || r.length !== 32) return { ok: false, reason: 'The backup’s older root keys are malformed.' };
+    roots.set(o.root_version as number, r);
+  }
   const kekKeys = new Map<string, Buffer>();
+  let shut: string | undefined;
   for (const k of p.keks) {
-    const key = open(root, kekContext(k), Buffer.from(k.wrapped, 'base64'));
-    if (!key) return { ok: false, reason: `KEK ${k.id} in the backup does not open under its root key.` };
+    const under = roots.get(k.root_version);
+    const key = under ? open(under, kekContext(k), Buffer.from(k.wrapped, 'base64')) : null;
+    if (!key) {
+      shut = k.id;
+      break;
+    }
     kekKeys.set(`${k.svm_uuid}:${k.version}`, key);
   }
+  // Older roots serve only to open their KEKs (a restore re-wraps those under the current root).
+  for (const [v, r] of roots) if (v !== p.key_manager.root_version) r.fill(0);
+  if (shut !== undefined) return { ok: false, reason: `KEK ${shut} in the backup does not open under its root key.` };
   for (const d of p.deks) {
     if (d.wrapped === null) continue;
     const kek = kekKeys.get(`${d.svm_uuid}:${d.kek_version}`);
@@ -322,7 +381,7 @@ function checkPayload(p: BackupPayload): { ok: true; root: Buffer } | { ok: fals
       return { ok: false, reason: `Key ${d.id} in the backup does not open under its KEK.` };
     }
   }
-  return { ok: true, root };
+  return { ok: true, root, kekKeys };
 }
 
 export type OnboardService = ReturnType<typeof createOnboardService>;

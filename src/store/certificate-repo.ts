@@ -35,6 +35,17 @@ export function createCertificateRepo(db: Conn) {
     countForSvm: async (svmUuid: string, tx: Conn = db) =>
       Number((await tx.selectFrom('certificates').select((eb) => eb.fn.countAll<number>().as('n')).where('svm_uuid', '=', svmUuid).executeTakeFirstOrThrow()).n),
     remove: (uuid: string, tx: Conn = db) => tx.deleteFrom('certificates').where('uuid', '=', uuid).execute(),
+    /** Key managers whose external (KMIP) configuration names this certificate as its client certificate or a server CA. */
+    keyManagersUsing: async (uuid: string, tx: Conn = db): Promise<string[]> => {
+      const rows = await tx
+        .selectFrom('kmip_configs')
+        .select(['key_manager_uuid', 'client_certificate_uuid', 'server_ca_uuids'])
+        // server_ca_uuids is a JSON array of uuids (hex and hyphens only, so no LIKE wildcard); parsed below to be exact.
+        .where((eb) => eb.or([eb('client_certificate_uuid', '=', uuid), eb('server_ca_uuids', 'like', `%"${uuid}"%`)]))
+        .orderBy('key_manager_uuid')
+        .execute();
+      return rows.filter((r) => r.client_certificate_uuid === uuid || (JSON.parse(r.server_ca_uuids) as string[]).includes(uuid)).map((r) => r.key_manager_uuid);
+    },
   };
 }
 export type CertificateRepo = ReturnType<typeof createCertificateRepo>;

@@ -101,7 +101,7 @@ export function certificateRoutes(s: Services) {
       },
     );
 
-    app.delete('/api/security/certificates/:uuid', { schema: { tags: ['security'], summary: 'Deletes an installed certificate (and its private key).' } }, async (req) => {
+    app.delete('/api/security/certificates/:uuid', { schema: { tags: ['security'], summary: 'Deletes an installed certificate (and its private key). Refused (3735683) while an external key manager configuration names it as its client certificate or a server CA certificate.' } }, async (req) => {
       const { uuid } = req.params as { uuid: string };
       const row = await s.certificates.get(uuid);
       authorize(req, row ? await s.svms.resolve(row.svm_uuid) : undefined, 'manage');
