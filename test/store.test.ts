@@ -32,7 +32,7 @@ describe.each(STORES)('store on %s', (kind) => {
     opened.push(b);
     expect((await createSvmRepo(b.db).list()).map((r) => r.name)).toEqual(['vs1']);
     const migrations = await b.db.selectFrom('kysely_migration' as any).selectAll().execute();
-    expect(migrations.map((m: any) => m.name)).toEqual(['0001-init', '0002-jobs', '0003-kmip', '0004-master-key', '0005-key-stores', '0006-external-kmip', '0007-audit-rowid', '0008-deks-fillfactor', '0009-kmip-root-check']);
+    expect(migrations.map((m: any) => m.name)).toEqual(['0001-init', '0002-jobs', '0003-kmip', '0004-master-key', '0005-key-stores', '0006-external-kmip', '0007-audit-rowid', '0008-deks-fillfactor', '0009-kmip-root-check', '0010-kmip-config-revision']);
   });
 
   it('keeps every audit event and its chain across 0007 (on SQLite, seq becomes the rowid)', async () => {

@@ -149,9 +149,14 @@ export function createKmipConfigService(deps: {
 }) {
   const { db, repo, keyring, connector, audit } = deps;
   const now = () => new Date().toISOString();
-  // Roots that could not be fetched at start are tried again in the background: the data path reads
-  // roots from the keyring only, so without this an outage at boot would outlast the server's return.
-  let retry: NodeJS.Timeout | undefined;
+  // A periodic tick, from the first loadAll (at start) until close: roots that could not be fetched at
+  // start are tried again (the data path reads roots from the keyring only, so without this an outage
+  // at boot would outlast the server's return), and settings changed on another node are adopted
+  // (one read of the revisions, see tick).
+  let ticker: NodeJS.Timeout | undefined;
+  // The tick in progress: ticks run one at a time (the timer skips a turn while one runs).
+  let ticking: Promise<unknown> | undefined;
+  let pending = false;
   const RETRY_MS = 30_000;
 
   /** An installed certificate named by uuid or name, in the SVM or the admin SVM, of one type. */
@@ -304,8 +309,9 @@ export function createKmipConfigService(deps: {
       states = await Promise.all(
         servers.map(async (s) => {
           if (!endpoint) return 'unknown';
-          // Each primary on its own (its password found by its name), so one answering does not hide another.
-          const one: KmipEndpoint = { ...endpoint, servers: [{ ...s, secondary: [] }] };
+          // Each primary on its own (its password found by its name), so one answering does not hide
+          // another; with the stored certificates, which another node may have changed since this one cached them.
+          const one: KmipEndpoint = { ...endpoint, clientCertificatePem: cfg.client_certificate_pem, serverCaPems: JSON.parse(cfg.server_ca_pems) as string[], servers: [{ ...s, secondary: [] }] };
           try {
             await connector.once(one, (c) => c.discoverVersions());
             return 'available';
@@ -398,7 +404,7 @@ export function createKmipConfigService(deps: {
       await discardRoot(endpoint, uid, svm, who, kmUuid, e);
       throw e;
     }
-    deps.manager.rememberEndpoint(km.uuid, endpoint, kcv);
+    deps.manager.rememberEndpoint(km.uuid, endpoint, cfg);
     return km;
   }
 
@@ -450,17 +456,18 @@ export function createKmipConfigService(deps: {
       if (!cfg) throw new Error(`key manager ${km.uuid} has no KMIP configuration`);
       const svm = await deps.svms.resolve(km.svm_uuid);
       if (!svm) fail('not_found', undefined, 'uuid');
-      let current: KmipEndpoint;
+      // This node's secrets; everything else from the store, which another node may have changed since
+      // this node cached it (what is not patched here must stay as stored, not as cached).
+      let current: KmipSecrets;
       try {
-        current = await deps.manager.endpoint(km);
+        current = (await deps.manager.endpoint(km)).secrets;
       } catch (e) {
         // A node without its copy of the client key gets one by naming the client certificate here.
         if (!(e instanceof KeysmithError && e.kind === 'kmip_not_on_node') || input.client_certificate === undefined) throw e;
-        const stored = JSON.parse(cfg.servers) as StoredServer[];
-        current = { servers: stored, clientCertificatePem: cfg.client_certificate_pem, serverCaPems: JSON.parse(cfg.server_ca_pems) as string[], secrets: { key: '', passwords: {} } };
+        current = { key: '', passwords: {} };
       }
-      let servers = current.servers;
-      let passwords = current.secrets.passwords;
+      let servers = JSON.parse(cfg.servers) as StoredServer[];
+      let passwords = current.passwords;
       if (input.servers !== undefined) {
         const p = parseServers(input.servers);
         servers = p.servers;
@@ -468,11 +475,11 @@ export function createKmipConfigService(deps: {
         // longer listed takes its password with it.
         passwords = byName(
           servers,
-          p.passwords.map((pw, i) => pw ?? passwordFor(current.secrets, servers[i])),
+          p.passwords.map((pw, i) => pw ?? passwordFor(current, servers[i])),
         );
       }
       let client: CertificateRow | undefined;
-      let key = current.secrets.key;
+      let key = current.key;
       if (input.client_certificate !== undefined) {
         client = await findCertificate(svm, input.client_certificate, 'client', 'external.client_certificate');
         // ONTAP: a replacement client certificate must carry the same key pair (a renewal), or keys
@@ -491,7 +498,7 @@ export function createKmipConfigService(deps: {
       const checked = await verifySameRoot(km, endpoint, cfg.root_kcv ?? null);
       const root = checked.root;
       const t = now();
-      await db.transaction().execute(async (tx: Tx) => {
+      const stored = await db.transaction().execute(async (tx: Tx) => {
         await repo.updateConfig(
           km.uuid,
           {
@@ -512,9 +519,11 @@ export function createKmipConfigService(deps: {
           svmUuid: km.svm_uuid,
           detail: { servers: servers.map(serverName), ...(client ? { client_certificate: client.uuid } : {}), ...(cas ? { server_ca_certificates: cas.map((c) => c.uuid) } : {}) },
         });
+        // As written, with its new revision: this node's settings are then current, not refreshed again.
+        return (await repo.findConfig(km.uuid, tx))!;
       });
       connector.forget(km.uuid);
-      deps.manager.rememberEndpoint(km.uuid, endpoint, checked.kcv);
+      deps.manager.rememberEndpoint(km.uuid, endpoint, stored);
       if (!keyring.hasRoot(km)) keyring.putRoot(km, root);
       else root.fill(0);
     },
@@ -574,20 +583,47 @@ export function createKmipConfigService(deps: {
           failed.push({ uuid: km.uuid, code: e instanceof KeysmithError ? e.code : 'internal' });
         }
       }
-      if (failed.length > 0 && !retry) {
-        retry = setInterval(() => {
-          void this.loadAll()
-            .then((r) => {
-              if (r.failed.length === 0 && retry) {
-                clearInterval(retry);
-                retry = undefined;
-              }
-            })
-            .catch(() => undefined);
+      pending = failed.length > 0;
+      if (!ticker) {
+        ticker = setInterval(() => {
+          if (!ticking) void this.tick().catch(() => undefined);
         }, RETRY_MS);
-        retry.unref();
+        ticker.unref();
       }
       return { loaded, failed };
+    },
+
+    /**
+     * The periodic tick: adopts the settings of every configuration changed on another node since this
+     * node cached them (manager.refresh: only for the same root; a refusal keeps the old settings and
+     * is tried again next tick), then retries the roots that could not be loaded. Without a change,
+     * its only store read is the revisions.
+     */
+    async tick(): Promise<{ refreshed: string[]; refused: { uuid: string; code: string }[] }> {
+      while (ticking) await ticking.catch(() => undefined);
+      const run = (async () => {
+        const refreshed: string[] = [];
+        const refused: { uuid: string; code: string }[] = [];
+        if (keyring.isSealed()) return { refreshed, refused };
+        for (const u of await deps.manager.changed()) {
+          const km = await deps.keyManagers.findByUuid(u);
+          if (!km || km.type !== 'kmip') continue;
+          try {
+            // Outside any transaction, as at start.
+            if (await deps.manager.refresh(km, { adopt: true })) refreshed.push(u);
+          } catch (e) {
+            refused.push({ uuid: u, code: e instanceof KeysmithError ? e.code : 'internal' });
+          }
+        }
+        if (pending) await this.loadAll();
+        return { refreshed, refused };
+      })();
+      ticking = run;
+      try {
+        return await run;
+      } finally {
+        if (ticking === run) ticking = undefined;
+      }
     },
 
     /** Drops cached connections of a configuration (deleted or changed). */
@@ -597,8 +633,8 @@ export function createKmipConfigService(deps: {
     },
 
     close(): void {
-      if (retry) clearInterval(retry);
-      retry = undefined;
+      if (ticker) clearInterval(ticker);
+      ticker = undefined;
       connector.close();
     },
 

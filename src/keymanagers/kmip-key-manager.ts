@@ -25,6 +25,10 @@
  *   rootCheck): another object under the same id, or another server, is refused, never used. A
  *   configuration made before that value existed adopts one only at start (loadAll) or on a checked
  *   change, once the fetched root has opened a KEK it wraps; until then its root is not used.
+ * - Settings changed on another node (kmip_configs.revision moved) replace this node's cached ones
+ *   on the periodic tick or when the cached ones fail, only for the same root: the stored key-check
+ *   value must be the one in force here and match the root held here, or the root fetched through
+ *   the new settings. Otherwise the old settings stay in use (refresh).
  * - wrapKek/unwrapKek bind each KEK to its tenant, id and version (kekContext), like okm.ts.
  * - No key material, password or private key reaches a log line, an error or an audit record.
  *   Errors carry the server names and Node's error codes only.
@@ -293,43 +297,60 @@ export function endpointOf(cfg: KmipConfigRow, secrets: KmipSecrets): KmipEndpoi
   };
 }
 
+/** What a node's cached settings were built from: a change of any of these means another endpoint or root check. */
+function settingsOf(cfg: Pick<KmipConfigRow, 'servers' | 'client_certificate_pem' | 'server_ca_pems' | 'root_kcv'>): string {
+  return JSON.stringify([cfg.servers, cfg.client_certificate_pem, cfg.server_ca_pems, cfg.root_kcv ?? null]);
+}
+
+/** A configuration's settings as this node holds them, and the stored revision they were read at. */
+interface Cached {
+  endpoint: KmipEndpoint;
+  /** The key-check value of its root (null: made before 0009, not yet proven). */
+  kcv: string | null;
+  revision: number;
+  settings: string;
+}
+
 export function createKmipKeyManager(deps: {
   keyring: Pick<Keyring, 'root' | 'hasRoot' | 'putRoot' | 'wrapKek' | 'isSealed' | 'node'>;
-  repo: Pick<KmipServerRepo, 'findConfig' | 'findNodeSecret' | 'upsertNodeSecret' | 'setRootCheck' | 'findKekOf'>;
+  repo: Pick<KmipServerRepo, 'findConfig' | 'findNodeSecret' | 'upsertNodeSecret' | 'setRootCheck' | 'findKekOf' | 'configRevisions'>;
   connector: KmipConnector;
   /** The client certificate's private key through the certificates service (needs the admin SVM's KEK). */
   certificateKey: (certificateUuid: string) => Promise<KeyObject | null>;
 }): KeyManager & {
-  load(config: KeyManagerRow, opts?: { adopt?: boolean }): Promise<void>;
+  load(config: KeyManagerRow, opts?: { adopt?: boolean; outsideTx?: boolean }): Promise<void>;
   endpoint(config: KeyManagerRow): Promise<KmipEndpoint>;
   verifyRoot(config: KeyManagerRow, root: Buffer, kcv: string | null, adopt: boolean, target?: string): Promise<string>;
-  rememberEndpoint(kmUuid: string, e: KmipEndpoint, kcv: string | null): void;
+  rememberEndpoint(kmUuid: string, e: KmipEndpoint, stored: KmipConfigRow): void;
   forgetEndpoint(kmUuid: string): void;
+  refresh(config: KeyManagerRow, opts?: { adopt?: boolean }): Promise<boolean>;
+  changed(): Promise<string[]>;
 } {
   const { keyring, repo, connector } = deps;
   const loading = new Map<string, Promise<void>>();
+  const refreshing = new Map<string, Promise<boolean>>();
   // Connection settings of every configuration this node has used, read once (at start, or when it
-  // was made or changed here). wrapKek/unwrapKek run inside job transactions, where a store read
-  // outside that transaction would wait forever on SQLite's one connection: with this cache they
-  // read nothing for any configuration loaded at start or made on this node.
-  const endpoints = new Map<string, KmipEndpoint>();
-  // The key-check value of each configuration's root (null: made before 0009, not yet proven), read
-  // with its endpoint and for the same reason.
-  const checks = new Map<string, string | null>();
+  // was made or changed here) and again only when the stored revision moves (refresh). wrapKek and
+  // unwrapKek run inside job transactions, where a store read outside that transaction would wait
+  // forever on SQLite's one connection: with this cache they read nothing for any configuration
+  // loaded at start or made on this node. The key-check value (null: made before 0009, not yet
+  // proven) is read with the endpoint and for the same reason.
+  const cache = new Map<string, Cached>();
 
   /** This node's connection settings for a configuration: its sealed copy, or made from the certificates service. */
   async function endpoint(config: KeyManagerRow): Promise<KmipEndpoint> {
-    const known = endpoints.get(config.uuid);
-    if (known) return known;
-    const e = await readEndpoint(config);
-    endpoints.set(config.uuid, e);
-    return e;
-  }
-
-  async function readEndpoint(config: KeyManagerRow): Promise<KmipEndpoint> {
+    const known = cache.get(config.uuid);
+    if (known) return known.endpoint;
     const cfg = await repo.findConfig(config.uuid);
     if (!cfg) throw new Error(`key manager ${config.uuid} of type kmip has no KMIP configuration`);
-    checks.set(config.uuid, cfg.root_kcv ?? null);
+    const made = await readEndpoint(config, cfg);
+    cache.set(config.uuid, made);
+    return made.endpoint;
+  }
+
+  /** The endpoint of a stored configuration with this node's secrets for it (reads and may write the store). */
+  async function readEndpoint(config: KeyManagerRow, cfg: KmipConfigRow): Promise<Cached> {
+    const settings = { kcv: cfg.root_kcv ?? null, revision: Number(cfg.revision ?? 0), settings: settingsOf(cfg) };
     const servers = JSON.parse(cfg.servers) as StoredServer[];
     const s = await repo.findNodeSecret(config.uuid, keyring.node.id);
     // A copy sealed before passwords were keyed by name lines up with the current servers only if it
@@ -338,7 +359,7 @@ export function createKmipKeyManager(deps: {
     const opened = s ? openSecrets(keyring.node, config, s.blob, s.created_at === cfg.updated_at ? servers : null) : null;
     if (opened) {
       if (opened.legacy) await repo.upsertNodeSecret({ key_manager_uuid: config.uuid, node_id: keyring.node.id, blob: sealSecrets(keyring.node, config, opened.secrets), created_at: s!.created_at });
-      return endpointOf(cfg, opened.secrets);
+      return { endpoint: endpointOf(cfg, opened.secrets), ...settings };
     }
     // No copy for this node yet: the certificates service can open the private key while the admin
     // SVM's KEK is reachable (passwords are not recoverable that way: servers that check them need
@@ -352,7 +373,12 @@ export function createKmipKeyManager(deps: {
     if (!key) fail('kmip_not_on_node');
     const made: KmipSecrets = { key: key.export({ format: 'pem', type: 'pkcs8' }) as string, passwords: {} };
     await repo.upsertNodeSecret({ key_manager_uuid: config.uuid, node_id: keyring.node.id, blob: sealSecrets(keyring.node, config, made), created_at: new Date().toISOString() });
-    return endpointOf(cfg, made);
+    return { endpoint: endpointOf(cfg, made), ...settings };
+  }
+
+  function setCheck(kmUuid: string, kcv: string): void {
+    const known = cache.get(kmUuid);
+    if (known) known.kcv = kcv;
   }
 
   /**
@@ -376,21 +402,71 @@ export function createKmipKeyManager(deps: {
     }
     const made = rootCheck(config.uuid, root);
     if (await repo.setRootCheck(config.uuid, made)) {
-      checks.set(config.uuid, made);
+      setCheck(config.uuid, made);
       return made;
     }
     // Another node recorded one meanwhile: this root must match it.
     const stored = (await repo.findConfig(config.uuid))?.root_kcv ?? null;
     if (stored === null || !matchesRootCheck(config.uuid, root, stored)) throw wrongRoot(config, target);
-    checks.set(config.uuid, stored);
+    setCheck(config.uuid, stored);
     return stored;
   }
 
   /**
-   * Makes the configuration's root available in the keyring (once; concurrent callers share the
-   * fetch), after checking it is the root (verifyRoot; `adopt` as there).
+   * Rebuilds the cached settings of a configuration from the store when its revision moved since
+   * they were read (another node changed them). The new settings are adopted only for the same root:
+   * their key-check value must be the one already in force here (a configuration's root never
+   * changes) and must match the root this node holds; when it holds none, the root is fetched through
+   * the new settings and checked (verifyRoot, `adopt` as there) before anything is switched, and kept.
+   * A refusal leaves the old settings in use. True when new settings were adopted (the root is then
+   * held here). Reads the store: never inside a transaction.
    */
-  async function load(config: KeyManagerRow, opts: { adopt?: boolean } = {}): Promise<void> {
+  function refresh(config: KeyManagerRow, opts: { adopt?: boolean } = {}): Promise<boolean> {
+    let p = refreshing.get(config.uuid);
+    if (!p) {
+      p = (async () => {
+        const known = cache.get(config.uuid);
+        if (!known) return false; // nothing cached: the next use reads the store anyway
+        const cfg = await repo.findConfig(config.uuid);
+        if (!cfg || Number(cfg.revision ?? 0) === known.revision) return false;
+        if (settingsOf(cfg) === known.settings) {
+          // Changed in nothing this node connects with (e.g. another node's own copy of the secrets).
+          known.revision = Number(cfg.revision ?? 0);
+          return false;
+        }
+        // Compared before anything is read or fetched: a configuration's root check value never changes.
+        const otherRoot = () => new KeysmithError('kmip_operation', `The settings of key manager ${config.uuid} stored by another node name another root than the one in use here: they are not used.`);
+        if (known.kcv !== null && (cfg.root_kcv ?? null) !== known.kcv) throw otherRoot();
+        if (keyring.hasRoot(config) && (cfg.root_kcv == null || !matchesRootCheck(config.uuid, keyring.root(config), cfg.root_kcv))) throw otherRoot();
+        const next = await readEndpoint(config, cfg);
+        if (!keyring.hasRoot(config)) {
+          let root: Buffer | undefined;
+          try {
+            root = await connector.once(next.endpoint, (c) => fetchRoot(c, config.root_id));
+            next.kcv = await verifyRoot(config, root, next.kcv, opts.adopt === true);
+            keyring.putRoot(config, root);
+          } catch (e) {
+            root?.fill(0);
+            throw kmipRefusal(e);
+          }
+        }
+        connector.forget(config.uuid);
+        cache.set(config.uuid, next);
+        return true;
+      })().finally(() => refreshing.delete(config.uuid));
+      refreshing.set(config.uuid, p);
+    }
+    return p;
+  }
+
+  /**
+   * Makes the configuration's root available in the keyring (once; concurrent callers share the
+   * fetch), after checking it is the root (verifyRoot; `adopt` as there). When it fails with the
+   * cached settings, the stored ones may have been changed on another node: `outsideTx` callers
+   * (holding no transaction) refresh and use them at once; callers inside a transaction only start
+   * the refresh, which reads the store once their transaction has let go of it.
+   */
+  async function load(config: KeyManagerRow, opts: { adopt?: boolean; outsideTx?: boolean } = {}): Promise<void> {
     if (keyring.isSealed()) fail('sealed');
     if (keyring.hasRoot(config)) return;
     const slot = `${config.uuid}:${config.root_version}`;
@@ -401,12 +477,16 @@ export function createKmipKeyManager(deps: {
         try {
           await endpoint(config);
           root = await connector.with(config.uuid, () => endpoint(config), (c) => fetchRoot(c, config.root_id));
-          await verifyRoot(config, root, checks.get(config.uuid) ?? null, opts.adopt === true);
+          await verifyRoot(config, root, cache.get(config.uuid)?.kcv ?? null, opts.adopt === true);
           keyring.putRoot(config, root);
         } catch (e) {
           root?.fill(0);
           // A refused connection must not stay cached: the next attempt starts afresh.
           connector.forget(config.uuid);
+          if (cache.has(config.uuid)) {
+            if (opts.outsideTx !== true && opts.adopt !== true) void refresh(config).catch(() => undefined);
+            else if (await refresh(config, { adopt: opts.adopt })) return;
+          }
           throw kmipRefusal(e);
         }
       })().finally(() => loading.delete(slot));
@@ -421,13 +501,27 @@ export function createKmipKeyManager(deps: {
     load,
     endpoint,
     verifyRoot,
-    rememberEndpoint: (kmUuid, e, kcv) => {
-      endpoints.set(kmUuid, e);
-      checks.set(kmUuid, kcv);
+    refresh,
+    /** The configurations whose cached settings are older than the store's (one read of the revisions); gone ones are dropped. */
+    async changed() {
+      if (cache.size === 0) return [];
+      const stored = await repo.configRevisions();
+      const out: string[] = [];
+      for (const [u, known] of cache) {
+        const rev = stored.get(u);
+        if (rev === undefined) {
+          // Deleted on another node: its connections and settings are of no more use here.
+          connector.forget(u);
+          cache.delete(u);
+        } else if (rev !== known.revision) out.push(u);
+      }
+      return out;
+    },
+    rememberEndpoint: (kmUuid, e, stored) => {
+      cache.set(kmUuid, { endpoint: e, kcv: stored.root_kcv ?? null, revision: Number(stored.revision ?? 0), settings: settingsOf(stored) });
     },
     forgetEndpoint: (kmUuid) => {
-      endpoints.delete(kmUuid);
-      checks.delete(kmUuid);
+      cache.delete(kmUuid);
     },
 
     async wrapKek(config, kek, material) {
@@ -442,14 +536,14 @@ export function createKmipKeyManager(deps: {
     },
 
     async ready(config) {
-      await load(config);
+      await load(config, { outsideTx: true });
     },
 
     describe: (config) => ({ name: 'default', href: `/api/security/key-managers/${config.uuid}` }),
 
     async health(config) {
       try {
-        await load(config);
+        await load(config, { outsideTx: true });
         return { code: 0, message: '' };
       } catch (e) {
         if (e instanceof KeysmithError) return { code: Number(e.code), message: e.message };

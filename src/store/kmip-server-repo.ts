@@ -1,4 +1,5 @@
 /** SQL for external KMIP key managers (their connection settings and node secrets) and Element's KMIP key providers and servers. */
+import { sql } from 'kysely';
 import type { Conn, KmipConfigTable, KmipKeyProviderTable, KmipKeyServerTable, KmipNodeSecretTable } from './schema.js';
 
 export type KmipConfigRow = KmipConfigTable;
@@ -10,8 +11,16 @@ export function createKmipServerRepo(db: Conn) {
     insertConfig: (row: KmipConfigRow, tx: Conn = db) => tx.insertInto('kmip_configs').values(row).execute(),
     findConfig: (kmUuid: string, tx: Conn = db) => tx.selectFrom('kmip_configs').selectAll().where('key_manager_uuid', '=', kmUuid).executeTakeFirst(),
     listConfigs: (tx: Conn = db) => tx.selectFrom('kmip_configs').selectAll().execute(),
-    updateConfig: (kmUuid: string, patch: Partial<Omit<KmipConfigRow, 'key_manager_uuid'>>, tx: Conn = db) =>
-      tx.updateTable('kmip_configs').set(patch).where('key_manager_uuid', '=', kmUuid).execute(),
+    /** Every change of settings raises the row's revision: other nodes rebuild their cached settings when it moves (configRevisions). */
+    updateConfig: (kmUuid: string, patch: Partial<Omit<KmipConfigRow, 'key_manager_uuid' | 'revision'>>, tx: Conn = db) =>
+      tx
+        .updateTable('kmip_configs')
+        .set({ ...patch, revision: sql<number>`revision + 1` })
+        .where('key_manager_uuid', '=', kmUuid)
+        .execute(),
+    /** The revision of every configuration: what a node compares its cached settings with, without reading them. */
+    configRevisions: async (tx: Conn = db) =>
+      new Map((await tx.selectFrom('kmip_configs').select(['key_manager_uuid', 'revision']).execute()).map((r) => [r.key_manager_uuid, Number(r.revision ?? 0)])),
     configsForProvider: (providerId: number, tx: Conn = db) => tx.selectFrom('kmip_configs').selectAll().where('key_provider_id', '=', providerId).execute(),
     /**
      * Records the key-check value of a configuration made before 0009 (root_kcv NULL). False when

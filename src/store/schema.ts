@@ -219,6 +219,8 @@ export interface KmipConfigTable {
    * root is proven. Added by 0009-kmip-root-check.
    */
   root_kcv?: string | null;
+  /** Raised by every update of the row: nodes rebuild their cached settings when it moves. Added by 0010-kmip-config-revision. */
+  revision?: number;
 }
 
 /** A node's sealed copy of what it needs to connect to a KMIP server. Added by 0006-external-kmip. */

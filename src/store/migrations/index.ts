@@ -9,11 +9,12 @@ import { externalKmip } from './0006-external-kmip.js';
 import { auditRowid } from './0007-audit-rowid.js';
 import { deksFillfactor } from './0008-deks-fillfactor.js';
 import { kmipRootCheck } from './0009-kmip-root-check.js';
+import { kmipConfigRevision } from './0010-kmip-config-revision.js';
 
 export function migrationProvider(dialect: 'sqlite' | 'postgres'): MigrationProvider {
   return {
     async getMigrations(): Promise<Record<string, Migration>> {
-      return { '0001-init': init(dialect), '0002-jobs': jobs(), '0003-kmip': kmip(dialect), '0004-master-key': masterKey(dialect), '0005-key-stores': keyStores(), '0006-external-kmip': externalKmip(dialect), '0007-audit-rowid': auditRowid(dialect), '0008-deks-fillfactor': deksFillfactor(dialect), '0009-kmip-root-check': kmipRootCheck() };
+      return { '0001-init': init(dialect), '0002-jobs': jobs(), '0003-kmip': kmip(dialect), '0004-master-key': masterKey(dialect), '0005-key-stores': keyStores(), '0006-external-kmip': externalKmip(dialect), '0007-audit-rowid': auditRowid(dialect), '0008-deks-fillfactor': deksFillfactor(dialect), '0009-kmip-root-check': kmipRootCheck(), '0010-kmip-config-revision': kmipConfigRevision() };
     },
   };
 }
