@@ -242,7 +242,7 @@ function load(url: string, connections: number, seconds: number, requests: Reque
 
 /** Seconds per slice of the paired measurement, and how many rounds (bare slice + unwrap slice). */
 const PAIR_SLICE_S = 2;
-const PAIR_ROUNDS = 5;
+const PAIR_ROUNDS = 7;
 
 interface Paired {
   rounds: number;
