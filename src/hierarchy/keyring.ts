@@ -5,6 +5,10 @@
  * - Root keys are only ever in memory here or sealed (under the passphrase-derived key, or under a
  *   node's seal key). The node seal key lives in the data directory with mode 0600 and never
  *   enters the store, so a copy of the database alone opens nothing.
+ * - An older root version some KEK may still be under (a master-key rekey running, paused or
+ *   cancelled) is also sealed under the next version (root_seals row of node NEXT_ROOT_SEAL), so
+ *   whoever opens the newest root with the passphrase opens every version still in use; that seal
+ *   goes with the node seals of its version once no KEK is under it.
  * - A node that starts sealed loads no root key until `unseal` is given the passphrase.
  * - A KEK is opened with the AAD of its tenant, id and version: a KEK row moved to another tenant
  *   or version does not open.
@@ -55,6 +59,20 @@ export const nodeSealContext = (km: Pick<KeyManagerRow, 'uuid' | 'svm_uuid' | 'r
   version: km.root_version,
 });
 
+/** An older root version sealed under the next version of the same key manager. */
+export const olderRootContext = (km: Pick<KeyManagerRow, 'uuid' | 'svm_uuid' | 'root_version'>): WrapContext => ({
+  purpose: 'older-root',
+  tenant: km.svm_uuid,
+  keyId: km.uuid,
+  version: km.root_version,
+});
+
+/**
+ * The `node_id` of the root_seals row that holds root version v sealed under version v + 1 (node ids
+ * are `node_…`, so it names no node).
+ */
+export const NEXT_ROOT_SEAL = 'next-root';
+
 export const backupKeyContext = (km: Pick<KeyManagerRow, 'uuid' | 'svm_uuid' | 'root_version'>): WrapContext => ({
   purpose: 'backup-key',
   tenant: km.svm_uuid,
@@ -88,6 +106,27 @@ export function createKeyring(deps: {
     return seal(node.sealKey, node.id, 1, nodeSealContext(km, node.id), root);
   }
 
+  /**
+   * Opens the root versions below a key manager's current one that are still sealed: a master-key
+   * rekey running, paused, cancelled or interrupted by a crash leaves KEKs under them until one
+   * finishes (it removes their seals then). Each comes from this node's own seal, else from its
+   * seal under the next version, so a node that holds the newest root (a synchronize, an unseal)
+   * gets them all without seals of its own.
+   */
+  async function loadOlderRoots(km: KeyManagerRow): Promise<void> {
+    for (let v = km.root_version - 1; v >= 1; v--) {
+      if (roots.has(rootSlot(km.uuid, v))) continue;
+      const old = { ...km, root_version: v };
+      const own = await deps.keyManagers.findSeal(km.uuid, v, node.id);
+      let r = own ? open(node.sealKey, nodeSealContext(old, node.id), own.blob) : null;
+      const next = r ? undefined : roots.get(rootSlot(km.uuid, v + 1));
+      const chained = next ? await deps.keyManagers.findSeal(km.uuid, v, NEXT_ROOT_SEAL) : undefined;
+      if (next && chained) r = open(next, olderRootContext(old), chained.blob);
+      if (r) roots.set(rootSlot(km.uuid, v), r);
+      else if (!own && !chained) break;
+    }
+  }
+
   return {
     node,
     isSealed: () => sealed,
@@ -104,18 +143,12 @@ export function createKeyring(deps: {
           roots.set(rootSlot(km.uuid, km.root_version), root);
           loaded += 1;
         } else unsynchronized.push(km.uuid);
-        // Older root versions still sealed here: a master-key rekey interrupted by a crash has KEKs
-        // under both versions until it resumes (it removes the old seals once none is left).
-        for (let v = km.root_version - 1; v >= 1; v--) {
-          const old = { ...km, root_version: v };
-          const os = await deps.keyManagers.findSeal(km.uuid, v, node.id);
-          if (!os) break;
-          const r = open(node.sealKey, nodeSealContext(old, node.id), os.blob);
-          if (r) roots.set(rootSlot(km.uuid, v), r);
-        }
+        await loadOlderRoots(km);
       }
       return { loaded, unsynchronized };
     },
+
+    loadOlderRoots,
 
     sealForNode,
 

@@ -7,22 +7,26 @@
  *             passphrase-derived key (opened from the backup seal with the old root, so no
  *             passphrase is asked), becomes the key manager's root; new KEKs use it from here on.
  *             No admin key manager: the internal master key is replaced in this one step.
+ *             The old root is sealed under the new one (NEXT_ROOT_SEAL), so whoever opens the new
+ *             root with the passphrase opens the old one too.
  *   rewrap  → the next batch of the key manager's KEKs still under an older root version, each
  *             re-wrapped under the new one and guarded by the version it was read with.
  *   finish  → under a lock on the KEK table, nothing is left under an older version: those versions
- *             are decommissioned (their node seals erased, their master_keys rows marked).
+ *             are decommissioned (their node seals and their seals under a newer root erased, their
+ *             master_keys rows marked).
  * A crash between steps leaves KEKs under both versions, and both are sealed for this node, so
  * every KEK and DEK stays readable; the restarted node resumes at the saved cursor. Repeating a
  * step is harmless: start only runs while the cursor is empty, and it is saved with its effects.
- * A pause or a cancel (ONTAP job actions) leaves the same state, a cancel for good: both versions
- * stay sealed for this node (an unseal with the passphrase opens the older one from that seal),
- * a key backup carries every root version a KEK is under (onboard-service.ts), and the next
- * master-key rekey moves every KEK under its own new version, older ones included.
+ * A pause or a cancel (ONTAP job actions) leaves the same state, a cancel for good: every version a
+ * KEK is under stays sealed for this node and under the next version, so an unseal or a synchronize
+ * with the passphrase (on this node or one that joins later, also after a passphrase change) opens
+ * them all; a key backup carries every root version a KEK is under (onboard-service.ts), and the
+ * next master-key rekey moves every KEK under its own new version, older ones included.
  */
 import { randomBytes } from 'node:crypto';
 import { open, seal } from '../crypto/aead.js';
 import { KeysmithError } from '../errors.js';
-import { backupKeyContext, kekContext, rootContext, type Keyring } from '../hierarchy/keyring.js';
+import { NEXT_ROOT_SEAL, backupKeyContext, kekContext, olderRootContext, rootContext, type Keyring } from '../hierarchy/keyring.js';
 import { keyInfo, type MasterKeyService } from '../keymanagers/master-key-service.js';
 import type { KeyManagerRepo } from '../store/key-manager-repo.js';
 import type { MasterKeyRepo } from '../store/master-key-repo.js';
@@ -77,6 +81,9 @@ export function rekeyMasterJob(deps: { keyring: Keyring; master: MasterKeyServic
           throw new Error(`key manager ${km.uuid} changed during the master-key rekey`);
         }
         await deps.keyManagers.upsertSeal({ key_manager_uuid: km.uuid, root_version: to, node_id: keyring.node.id, blob: keyring.sealForNode(next, root), created_at: t }, tx);
+        // The old root sealed under the new one until finish: the passphrase opens only the newest
+        // version, and a node that synchronizes while KEKs are still under this one needs it too.
+        await deps.keyManagers.upsertSeal({ key_manager_uuid: km.uuid, root_version: from, node_id: NEXT_ROOT_SEAL, blob: seal(root, km.uuid, to, olderRootContext(km), oldRoot), created_at: t }, tx);
         const fresh = await master.rootRow(next, to, t, tx);
         // Kept in memory before commit: if the step rolls back, the next attempt makes another root
         // for the same slot, and the one kept here is never used (the store still names version `from`).

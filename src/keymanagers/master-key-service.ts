@@ -23,7 +23,9 @@
  * - A root version is erased only after no KEK is wrapped under it (counted under a table lock on
  *   PostgreSQL), so a rekey interrupted at any instant leaves every KEK and DEK readable.
  * - Other nodes hold seals of the old root version only: after a master-key rekey they are
- *   unsynchronized until `synchronize` with the passphrase, as a node that joins.
+ *   unsynchronized until `synchronize` with the passphrase, as a node that joins. Synchronize opens
+ *   the newest root and, through each older version's seal under the next one (kept until no KEK is
+ *   under it), every version a paused or cancelled rekey still leaves KEKs under.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { open, seal, type WrapContext } from '../crypto/aead.js';

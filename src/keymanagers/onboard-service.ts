@@ -12,6 +12,9 @@
  * - A backup holds every root version some KEK is under (a master-key rekey running, paused or
  *   cancelled leaves two); restore re-wraps those KEKs under the newest, so the restored key
  *   manager has one root version.
+ * - The passphrase seals the newest root version only; each older one still in use is sealed under
+ *   the next (rekey-master-job.ts), so synchronize and unseal open them all, and a passphrase change
+ *   (which replaces only the newest one's seal) leaves them reachable.
  */
 import { randomBytes } from 'node:crypto';
 import { open, seal } from '../crypto/aead.js';
@@ -19,7 +22,7 @@ import { deriveKey, newKdfParams, validKdfParams, type KdfParams } from '../cryp
 import { KeysmithError, fail } from '../errors.js';
 import { newId, uuid } from '../ids.js';
 import type { AuditService } from '../audit/audit-service.js';
-import { backupKeyContext, kekContext, nodeSealContext, rootContext, type Keyring } from '../hierarchy/keyring.js';
+import { backupKeyContext, kekContext, rootContext, type Keyring } from '../hierarchy/keyring.js';
 import type { Conn, Db, Tx } from '../store/schema.js';
 import type { KeyManagerRepo, KeyManagerRow } from '../store/key-manager-repo.js';
 import type { KekRepo } from '../store/kek-repo.js';
@@ -75,21 +78,6 @@ export function createOnboardService(deps: {
     const wrapped = keyring.wrapKek(km, row, material);
     await deps.keks.insert({ ...row, wrapped }, tx);
     return row;
-  }
-
-  /**
-   * Opens the older root versions of a key manager this node still holds seals for, as a start
-   * does (keyring.load): a master-key rekey paused or cancelled mid-way leaves KEKs under them,
-   * and the passphrase opens only the current version.
-   */
-  async function loadOlderRoots(km: KeyManagerRow): Promise<void> {
-    for (let v = km.root_version - 1; v >= 1; v--) {
-      const old = { ...km, root_version: v };
-      const found = await deps.keyManagers.findSeal(km.uuid, v, keyring.node.id);
-      if (!found) break;
-      const r = open(keyring.node.sealKey, nodeSealContext(old, keyring.node.id), found.blob);
-      if (r) keyring.putRoot(old, r);
-    }
   }
 
   async function kmSvms(km: KeyManagerRow, tx: Conn = db): Promise<SvmRow[]> {
@@ -155,6 +143,9 @@ export function createOnboardService(deps: {
           await audit.recordIn(tx, { ...who, action: 'key_manager.synchronize', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: km.svm_uuid, detail: { node: keyring.node.id } });
         });
         keyring.putRoot(km, root);
+        // Root versions a paused or cancelled master-key rekey left KEKs under, opened through the
+        // newest one (or this node's own seals): the node then serves every key, not only the moved ones.
+        await keyring.loadOlderRoots(km);
         return;
       }
       if (synchronize !== undefined && synchronize !== false) fail('invalid_value', 'onboard.synchronize must be a boolean.', 'onboard.synchronize');
@@ -174,7 +165,10 @@ export function createOnboardService(deps: {
         if (!keyring.isSealed()) await deps.keyManagers.upsertSeal({ key_manager_uuid: km.uuid, root_version: km.root_version, node_id: keyring.node.id, blob: keyring.sealForNode(km, root), created_at: now() }, tx);
         await audit.recordIn(tx, { ...who, action: 'key_manager.update_passphrase', outcome: 'success', objectType: 'key_manager', objectId: km.uuid, svmUuid: km.svm_uuid });
       });
-      if (!keyring.isSealed()) keyring.putRoot(km, root);
+      if (!keyring.isSealed()) {
+        keyring.putRoot(km, root);
+        await keyring.loadOlderRoots(km);
+      }
     },
 
     async remove(km: KeyManagerRow, who: Actor): Promise<void> {
@@ -301,7 +295,8 @@ export function createOnboardService(deps: {
         const root = await openRootWithPassphrase(km, passphrase);
         if (root) {
           keyring.putRoot(km, root);
-          await loadOlderRoots(km);
+          // The passphrase opens only the newest version; older ones still in use come from their seals.
+          await keyring.loadOlderRoots(km);
           opened.push(km.uuid);
         } else remaining.push(km.uuid);
       }
