@@ -122,7 +122,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
     principals: createPrincipalRepo(db),
     meta: createMetaRepo(db),
     jobs: createJobRepo(db),
-    certificates: createCertificateRepo(db),
+    certificates: createCertificateRepo(db, store.dialect),
     masterKeys: createMasterKeyRepo(db, store.dialect),
     kmipServers: createKmipServerRepo(db),
   };
@@ -156,7 +156,7 @@ export async function createApp(config: Config, opts: { logStream?: NodeJS.Writa
   const kmipConnector = createKmipConnector();
   const kmipManager = createKmipKeyManager({ keyring, repo: repos.kmipServers, connector: kmipConnector, certificateKey: async (u) => { const c = await certificates.get(u); return c ? certificates.privateKey(c) : null; } });
   const keyManagerTypes: KeyManagers = { okm: createOkmKeyManager(keyring), kmip: kmipManager };
-  const externalKmip = createKmipConfigService({ db, repo: repos.kmipServers, keyManagers: repos.keyManagers, certificates, svms, keyring, connector: kmipConnector, manager: kmipManager, audit, clusterUuid });
+  const externalKmip = createKmipConfigService({ db, repo: repos.kmipServers, keyManagers: repos.keyManagers, certificates, certificateRows: repos.certificates, svms, keyring, connector: kmipConnector, manager: kmipManager, audit, clusterUuid });
   // External roots are fetched from their KMIP servers now, as ONTAP does at boot; one that cannot be
   // reached leaves its tenants unavailable (status says why) and is tried again on use.
   const kmipLoad = await externalKmip.loadAll();

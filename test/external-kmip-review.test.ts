@@ -261,7 +261,7 @@ for (const store of STORES) {
           return c ? a.certificates.privateKey(c) : null;
         };
         const manager = createKmipKeyManager({ keyring, repo: a.repos.kmipServers, connector, certificateKey });
-        const service = createKmipConfigService({ db: a.store.db, repo: a.repos.kmipServers, keyManagers: a.repos.keyManagers, certificates: a.certificates, svms: a.svms, keyring, connector, manager, audit: a.audit, clusterUuid: a.cluster.uuid });
+        const service = createKmipConfigService({ db: a.store.db, repo: a.repos.kmipServers, keyManagers: a.repos.keyManagers, certificates: a.certificates, certificateRows: a.repos.certificates, svms: a.svms, keyring, connector, manager, audit: a.audit, clusterUuid: a.cluster.uuid });
         return { keyring, connector, manager, service };
       }
 
@@ -339,7 +339,7 @@ for (const store of STORES) {
         };
         const manager = createKmipKeyManager({ keyring: a.keyring, repo: a.repos.kmipServers, connector, certificateKey });
         const keyManagers = { ...a.repos.keyManagers, ...over.keyManagers } as typeof a.repos.keyManagers;
-        const service = createKmipConfigService({ db: over.db ?? a.store.db, repo: a.repos.kmipServers, keyManagers, certificates: a.certificates, svms: a.svms, keyring: a.keyring, connector, manager, audit: a.audit, clusterUuid: a.cluster.uuid });
+        const service = createKmipConfigService({ db: over.db ?? a.store.db, repo: a.repos.kmipServers, keyManagers, certificates: a.certificates, certificateRows: a.repos.certificates, svms: a.svms, keyring: a.keyring, connector, manager, audit: a.audit, clusterUuid: a.cluster.uuid });
         return { service, connector };
       }
 

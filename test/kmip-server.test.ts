@@ -805,5 +805,55 @@ for (const store of STORES) {
         k.close();
       }
     });
+
+    it('a user removed through the API is refused at the next message on a connection that verified its credential; any principal change on this node re-verifies', async () => {
+      const auth = s.app.services.auth;
+      const user = async () => {
+        const password = `kmip-pw-${randomBytes(8).toString('hex')}`;
+        noteSecret(password);
+        const u = await s.call('POST', '/api/v1/auth/users', { name: `ontap-${randomBytes(3).toString('hex')}`, password, role: 'application', svms: [svm.name] });
+        expect(u.status, JSON.stringify(u.body)).toBe(201);
+        return { id: u.body.id as string, name: u.body.name as string, password };
+      };
+      const a = await user();
+      const real = auth.authenticate;
+      let verified = 0;
+      auth.authenticate = (header) => {
+        verified += 1;
+        return real(header);
+      };
+      const k = await RawKmip.connect(port, pki, stranger);
+      const asA = () => k.send([createWith(12)], { authentication: { username: a.name, password: a.password } });
+      try {
+        expect((await asA()).items[0].resultStatus).toBe(ResultStatus.Success);
+        expect((await asA()).items[0].resultStatus).toBe(ResultStatus.Success);
+        expect(verified).toBe(1);
+        // Another principal made on this node: the remembered credential is verified again (and still holds).
+        const r0 = auth.revision();
+        const tok = await s.call('POST', '/api/v1/auth/tokens', { name: `t-${randomBytes(3).toString('hex')}`, role: 'readonly' });
+        expect(tok.status, JSON.stringify(tok.body)).toBe(201);
+        noteSecret(tok.body.token);
+        expect(auth.revision()).toBeGreaterThan(r0);
+        expect((await asA()).items[0].resultStatus).toBe(ResultStatus.Success);
+        expect(verified).toBe(2);
+        const r1 = auth.revision();
+        expect((await s.call('DELETE', `/api/v1/auth/tokens/${tok.body.id}`)).status).toBe(200);
+        expect(auth.revision()).toBeGreaterThan(r1);
+        expect((await asA()).items[0].resultStatus).toBe(ResultStatus.Success);
+        expect(verified).toBe(3);
+        // The user removed: the very next message on the same connection is refused, well within the minute.
+        const del = await s.call('DELETE', `/api/v1/auth/users/${a.id}`);
+        expect(del.status, JSON.stringify(del.body)).toBe(200);
+        const refused = await asA();
+        expect(refused.items[0]).toMatchObject({ resultStatus: ResultStatus.OperationFailed, resultReason: ResultReason.AuthenticationNotSuccessful });
+        expect(JSON.stringify(refused.items[0].resultMessage)).not.toContain(a.password);
+        expect(verified).toBe(4);
+        // And stays refused (nothing remembered from the refusal).
+        expect((await asA()).items[0].resultReason).toBe(ResultReason.AuthenticationNotSuccessful);
+      } finally {
+        auth.authenticate = real;
+        k.close();
+      }
+    });
   });
 }

@@ -8,6 +8,8 @@
  *   without even checking the password.
  * - Revocation takes effect on this node at once (its cache entry is dropped) and on other nodes
  *   within the cache lifetime (a few seconds).
+ * - revision() changes whenever this node creates, revokes or removes a principal, so holders of a
+ *   principal verified earlier (open KMIP connections) verify again before relying on it.
  */
 import { hash, randomBytes } from 'node:crypto';
 import argon2 from 'argon2';
@@ -43,6 +45,9 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
   const tokenCache = new Map<string, { p: Principal; expires: number; tokenExpires: number | null }>();
   const basicCache = new Map<string, { p: Principal; expires: number }>();
   const failures = new Map<string, { count: number; until: number }>();
+  // Bumped when a change of a principal is written, before its transaction commits: a check that reads
+  // the store in between (PostgreSQL) still sees the old row, and is only bounded by its holder's TTL.
+  let revision = 0;
 
   function principalOfToken(t: TokenRow): Principal {
     return { id: t.id, kind: 'token', name: t.name, role: t.role as Role, svms: JSON.parse(t.svms) as string[] };
@@ -97,6 +102,13 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
 
   return {
     /**
+     * A counter bumped whenever this node creates, revokes or removes a token or user: a principal
+     * verified while it had another value must be verified again. Changes made on other nodes are not
+     * counted; holders bound their trust in time as well.
+     */
+    revision: () => revision,
+
+    /**
      * The principal of a bearer token this node has checked within the cache lifetime, without a
      * promise (it runs on every request); undefined for anything else, which `authenticate` then
      * settles (lookup, Basic, refusal). The same checks as `authenticate`'s cached path.
@@ -141,6 +153,7 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
         expires_at: input.expiresAt ?? null,
         revoked_at: null,
       };
+      revision += 1;
       await repo.insertToken(row, tx);
       return { row, secret };
     },
@@ -148,6 +161,7 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
     async revokeToken(id: string, tx?: Conn): Promise<TokenRow> {
       const row = await repo.findToken(id, tx);
       if (!row) fail('not_found', `Token ${id} does not exist.`, 'id');
+      revision += 1;
       await repo.revokeToken(id, new Date(now()).toISOString(), tx);
       tokenCache.delete(row.hash);
       return row;
@@ -163,6 +177,7 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
         svms: JSON.stringify(input.svms),
         created_at: new Date(now()).toISOString(),
       };
+      revision += 1;
       await repo.insertUser(row, tx);
       return row;
     },
@@ -170,6 +185,7 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
     async removeUser(id: string, tx?: Conn): Promise<UserRow> {
       const row = await repo.findUser(id, tx);
       if (!row) fail('not_found', `User ${id} does not exist.`, 'id');
+      revision += 1;
       await repo.removeUser(id, tx);
       for (const [k, v] of basicCache) if (v.p.id === id) basicCache.delete(k);
       return row;

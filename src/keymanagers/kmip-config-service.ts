@@ -16,6 +16,10 @@
  *   change can never point a tenant at another key, and a refused change leaves the old settings in
  *   use.
  * - Passwords are kept by server name, so they follow their server through any change of the list.
+ * - Every certificate a configuration newly names is read again, share-locked, in the transaction
+ *   that records it, and must be the one validated: a certificate deleted meanwhile refuses the
+ *   request (65536821), since the delete's own check (3735683) cannot see a configuration not yet
+ *   committed.
  * - A new client certificate must carry the current one's key pair (ONTAP 65536850), so the
  *   private key copies other nodes hold stay valid.
  * - Passwords and private keys are sealed under this node's seal key (kmip_node_secrets); they are
@@ -25,9 +29,9 @@ import { X509Certificate, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { KeysmithError, fail } from '../errors.js';
 import { uuid } from '../ids.js';
 import type { AuditService } from '../audit/audit-service.js';
-import type { CertificateService } from '../certificates/certificate-service.js';
+import { fingerprintOf, type CertificateService } from '../certificates/certificate-service.js';
 import type { Keyring } from '../hierarchy/keyring.js';
-import type { CertificateRow } from '../store/certificate-repo.js';
+import type { CertificateRepo, CertificateRow } from '../store/certificate-repo.js';
 import type { KeyManagerRepo, KeyManagerRow } from '../store/key-manager-repo.js';
 import type { KmipConfigRow, KmipServerRepo } from '../store/kmip-server-repo.js';
 import type { Db, Tx } from '../store/schema.js';
@@ -140,6 +144,7 @@ export function createKmipConfigService(deps: {
   repo: KmipServerRepo;
   keyManagers: Pick<KeyManagerRepo, 'insert' | 'findEnabledForSvm' | 'findByUuid' | 'findByRootId' | 'list'>;
   certificates: Pick<CertificateService, 'get' | 'list' | 'privateKey'>;
+  certificateRows: Pick<CertificateRepo, 'findForUse'>;
   svms: { admin(): Promise<SvmRow | undefined>; resolve(ref: string): Promise<SvmRow | undefined> };
   keyring: Pick<Keyring, 'node' | 'putRoot' | 'hasRoot' | 'root' | 'isSealed' | 'forgetKeyManager'>;
   connector: KmipConnector;
@@ -192,6 +197,21 @@ export function createKmipConfigService(deps: {
     const out: CertificateRow[] = [];
     for (const [i, ref] of input.entries()) out.push(await findCertificate(svm, ref, 'server_ca', `external.server_ca_certificates[${i}]`));
     return out;
+  }
+
+  /**
+   * In the transaction that records a configuration: each certificate it names anew is still installed
+   * and is the one validated (same fingerprint). They were read before the round trips to the server,
+   * and a delete may have landed since; findForUse makes a delete running now wait for this commit
+   * (then its in-use check sees the configuration) or, when it came first, leaves nothing to find.
+   */
+  async function stillInstalled(named: { uuid: string; pem: string; target: string }[], tx: Tx): Promise<void> {
+    for (const n of named) {
+      const row = await deps.certificateRows.findForUse(n.uuid, tx);
+      if (!row || row.fingerprint !== fingerprintOf(new X509Certificate(n.pem).raw)) {
+        throw new KeysmithError('certificate_not_installed', `The certificate named by ${n.target} is no longer installed: it was deleted while the request was being checked.`, n.target);
+      }
+    }
   }
 
   function secretsRow(km: KeyManagerRow, secrets: KmipSecrets, t: string) {
@@ -384,6 +404,13 @@ export function createKmipConfigService(deps: {
     try {
       keyring.putRoot(km, root);
       await db.transaction().execute(async (tx: Tx) => {
+        await stillInstalled(
+          [
+            { uuid: refs.clientUuid, pem: endpoint.clientCertificatePem, target: 'external.client_certificate' },
+            ...refs.caUuids.map((u, i) => ({ uuid: u, pem: endpoint.serverCaPems[i], target: `external.server_ca_certificates[${i}]` })),
+          ],
+          tx,
+        );
         if (!inactive && (await deps.keyManagers.findEnabledForSvm(svm.uuid, tx))) fail('key_manager_exists', undefined, 'svm');
         await deps.keyManagers.insert(km, tx);
         await repo.insertConfig(cfg, tx);
@@ -498,30 +525,43 @@ export function createKmipConfigService(deps: {
       const checked = await verifySameRoot(km, endpoint, cfg.root_kcv ?? null);
       const root = checked.root;
       const t = now();
-      const stored = await db.transaction().execute(async (tx: Tx) => {
-        await repo.updateConfig(
-          km.uuid,
-          {
-            servers: JSON.stringify(servers),
-            ...(client ? { client_certificate_uuid: client.uuid, client_certificate_pem: client.public_certificate } : {}),
-            ...(cas ? { server_ca_uuids: JSON.stringify(cas.map((c) => c.uuid)), server_ca_pems: JSON.stringify(cas.map((c) => c.public_certificate)) } : {}),
-            updated_at: t,
-          },
-          tx,
-        );
-        await repo.upsertNodeSecret(secretsRow(km, secrets, t), tx);
-        await audit.recordIn(tx, {
-          ...who,
-          action: 'key_manager.update_external',
-          outcome: 'success',
-          objectType: 'key_manager',
-          objectId: km.uuid,
-          svmUuid: km.svm_uuid,
-          detail: { servers: servers.map(serverName), ...(client ? { client_certificate: client.uuid } : {}), ...(cas ? { server_ca_certificates: cas.map((c) => c.uuid) } : {}) },
+      let stored: KmipConfigRow;
+      try {
+        stored = await db.transaction().execute(async (tx: Tx) => {
+          await stillInstalled(
+            [
+              ...(client ? [{ uuid: client.uuid, pem: client.public_certificate, target: 'external.client_certificate' }] : []),
+              ...(cas ?? []).map((c, i) => ({ uuid: c.uuid, pem: c.public_certificate, target: `external.server_ca_certificates[${i}]` })),
+            ],
+            tx,
+          );
+          await repo.updateConfig(
+            km.uuid,
+            {
+              servers: JSON.stringify(servers),
+              ...(client ? { client_certificate_uuid: client.uuid, client_certificate_pem: client.public_certificate } : {}),
+              ...(cas ? { server_ca_uuids: JSON.stringify(cas.map((c) => c.uuid)), server_ca_pems: JSON.stringify(cas.map((c) => c.public_certificate)) } : {}),
+              updated_at: t,
+            },
+            tx,
+          );
+          await repo.upsertNodeSecret(secretsRow(km, secrets, t), tx);
+          await audit.recordIn(tx, {
+            ...who,
+            action: 'key_manager.update_external',
+            outcome: 'success',
+            objectType: 'key_manager',
+            objectId: km.uuid,
+            svmUuid: km.svm_uuid,
+            detail: { servers: servers.map(serverName), ...(client ? { client_certificate: client.uuid } : {}), ...(cas ? { server_ca_certificates: cas.map((c) => c.uuid) } : {}) },
+          });
+          // As written, with its new revision: this node's settings are then current, not refreshed again.
+          return (await repo.findConfig(km.uuid, tx))!;
         });
-        // As written, with its new revision: this node's settings are then current, not refreshed again.
-        return (await repo.findConfig(km.uuid, tx))!;
-      });
+      } catch (e) {
+        root.fill(0);
+        throw e;
+      }
       connector.forget(km.uuid);
       deps.manager.rememberEndpoint(km.uuid, endpoint, stored);
       if (!keyring.hasRoot(km)) keyring.putRoot(km, root);

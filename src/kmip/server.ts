@@ -8,8 +8,10 @@
  *   Username/Password credential, when sent, must be a local user's and names the principal
  *   instead. Without either, only Discover Versions and Query are answered. A connection keeps its
  *   last verified credential (the user name and an HMAC of the password under a per-process key,
- *   never the password) for CREDENTIAL_TTL_MS, so a removed user or changed password stops working
- *   on a connection already open within that time; any other credential is verified afresh.
+ *   never the password) while this node changes no principal (the auth service's revision) and
+ *   for at most CREDENTIAL_TTL_MS, so a user removed on this node stops working on a connection
+ *   already open at its next message, and one removed on another node within that time; any other
+ *   credential is verified afresh.
  * - Bytes are framed before they are decoded; a declared length over the maximum is refused before
  *   anything is allocated for it and the connection is closed. Undecodable messages are answered
  *   with Invalid Message (in KMIP 1.0 when not even the version could be read) and the connection
@@ -46,7 +48,8 @@ import { SUPPORTED_VERSIONS, isSupportedVersion } from './operations/discover-qu
 const CERT_PRINCIPAL_TTL_MS = 5_000;
 /**
  * How long an open connection trusts a Username/Password credential it verified (argon2id, tens of
- * ms) before verifying it again: the bound on how long a removed user keeps an open connection.
+ * ms) before verifying it again: the bound on how long a user removed on another node keeps an
+ * open connection (a change on this node is seen at once, through the auth service's revision).
  */
 const CREDENTIAL_TTL_MS = 60_000;
 export interface KmipServerOptions {
@@ -64,7 +67,7 @@ export interface KmipServerOptions {
 export interface KmipServerDeps {
   log: Logger;
   audit: AuditService;
-  auth: Pick<AuthService, 'authenticate'>;
+  auth: Pick<AuthService, 'authenticate' | 'revision'>;
   certificates: Pick<CertificateService, 'clientPrincipal' | 'revision'>;
   svms: { admin(): Promise<SvmRow | undefined>; resolve(ref: string): Promise<SvmRow | undefined> };
   objects: KmipObjectService;
@@ -195,16 +198,18 @@ export function createKmipServer(deps: KmipServerDeps, opts: KmipServerOptions):
       })();
 
     // The last Username/Password credential verified on this connection (see CREDENTIAL_TTL_MS).
-    let credential: { username: string; mac: Buffer; principal: KmipPrincipal; at: number } | undefined;
+    let credential: { username: string; mac: Buffer; principal: KmipPrincipal; at: number; revision: number } | undefined;
     const principalOfCredential = async (username: string, password: string): Promise<KmipPrincipal> => {
       const mac = createHmac('sha256', credentialKey).update(password, 'utf8').digest();
       const now = Date.now();
+      // Read before verifying: a change made during the check makes the next message check again.
+      const revision = deps.auth.revision();
       const c = credential;
-      if (c && c.username === username && timingSafeEqual(c.mac, mac) && now - c.at < CREDENTIAL_TTL_MS) return c.principal;
-      // Another or an expired credential: the one remembered is dropped whatever this one's outcome.
+      if (c && c.username === username && timingSafeEqual(c.mac, mac) && c.revision === revision && now - c.at < CREDENTIAL_TTL_MS) return c.principal;
+      // Another, an expired or a possibly revoked credential: the one remembered is dropped whatever this one's outcome.
       credential = undefined;
       const principal = await credentialPrincipal(username, password);
-      credential = { username, mac, principal, at: now };
+      credential = { username, mac, principal, at: now, revision };
       return principal;
     };
     const identify: Identify = { cert: principalOfCert, credential: principalOfCredential };

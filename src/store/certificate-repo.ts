@@ -12,10 +12,19 @@ export interface CertificateFilter {
   limit?: number;
 }
 
-export function createCertificateRepo(db: Conn) {
+export function createCertificateRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite') {
   return {
     insert: (row: CertificateRow, tx: Conn = db) => tx.insertInto('certificates').values(row).execute(),
     find: (uuid: string, tx: Conn = db) => tx.selectFrom('certificates').selectAll().where('uuid', '=', uuid).executeTakeFirst(),
+    /**
+     * A certificate read to be named by what `tx` records. On PostgreSQL the row is share-locked until
+     * `tx` ends: a concurrent delete (remove) waits for it, or, when it deleted first, this waits for
+     * that commit and finds nothing. SQLite runs one writer at a time already.
+     */
+    findForUse: (uuid: string, tx: Conn) => {
+      const q = tx.selectFrom('certificates').selectAll().where('uuid', '=', uuid);
+      return (dialect === 'postgres' ? q.forShare() : q).executeTakeFirst();
+    },
     findByName: (svmUuid: string, name: string, tx: Conn = db) =>
       tx.selectFrom('certificates').selectAll().where('svm_uuid', '=', svmUuid).where('name', '=', name).executeTakeFirst(),
     /** Certificates of one type whose DER has this SHA-256 (a TLS peer's certificate → its principal). */
