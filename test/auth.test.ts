@@ -261,6 +261,21 @@ describe.each(STORES)('auth on %s', (store) => {
       expectError(await s.call('POST', '/api/v1/auth/users', { name: 'bad name!', password: password(), role: 'readonly' }), 400, '2');
       expect(await countUsers()).toBe(n);
     });
+    it('drops a principal checked between a removal and its commit once the removal has committed (settled)', async () => {
+      const pw = password();
+      const u = await s.call('POST', '/api/v1/auth/users', { name: 'window-user', password: pw, role: 'readonly', svms: [A.name] });
+      expect(u.status, JSON.stringify(u.body)).toBe(201);
+      const auth = s.app.services.auth;
+      const before = auth.revision();
+      expect((await s.call('GET', '/api/v1/auth/whoami', undefined, null, basic('window-user', pw))).status).toBe(200);
+      // The row goes as a removal's commit would, while this node still holds the principal it
+      // verified in between: it keeps answering from that memory until the removal is settled.
+      await db().deleteFrom('users').where('id', '=', u.body.id).execute();
+      expect((await s.call('GET', '/api/v1/auth/whoami', undefined, null, basic('window-user', pw))).status).toBe(200);
+      auth.settled({ userId: u.body.id });
+      expect(auth.revision()).toBeGreaterThan(before);
+      expectError(await s.call('GET', '/api/v1/auth/whoami', undefined, null, basic('window-user', pw)), 401, '10');
+    });
   });
 
   describe('grant validation', () => {

@@ -191,6 +191,17 @@ export function createAuthService(deps: { repo: PrincipalRepo; now?: () => numbe
       return row;
     },
 
+    /**
+     * Called once the transaction that revoked a token or removed a user has committed: a check made
+     * between the change and its commit (PostgreSQL) read the old row and may have cached it, or
+     * been remembered by an open KMIP connection; both are dropped again here.
+     */
+    settled(change: { tokenHash?: string; userId?: string }): void {
+      revision += 1;
+      if (change.tokenHash) tokenCache.delete(change.tokenHash);
+      if (change.userId) for (const [k, v] of basicCache) if (v.p.id === change.userId) basicCache.delete(k);
+    },
+
     principalOfToken,
     principalOfUser,
   };

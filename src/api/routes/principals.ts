@@ -80,6 +80,7 @@ export function principalRoutes(s: Services) {
         row = await s.auth.revokeToken(id, tx);
         await s.audit.recordIn(tx, { ...who, action: 'token.revoke', outcome: 'success', objectType: 'token', objectId: id });
       });
+      s.auth.settled({ tokenHash: row.hash });
       return tokenView({ ...row, revoked_at: row.revoked_at ?? new Date().toISOString() });
     });
 
@@ -127,6 +128,7 @@ export function principalRoutes(s: Services) {
         row = await s.auth.removeUser(id, tx);
         await s.audit.recordIn(tx, { ...who, action: 'user.delete', outcome: 'success', objectType: 'user', objectId: id });
       });
+      s.auth.settled({ userId: id });
       return userView(row);
     });
 
