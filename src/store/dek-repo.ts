@@ -95,6 +95,33 @@ export function createDekRepo(db: Conn, dialect: 'sqlite' | 'postgres' = 'sqlite
     analyzeForRekey: async (tx: Conn = db) => {
       if (dialect === 'postgres') await tx.executeQuery(CompiledQuery.raw('ANALYZE deks', []));
     },
+    /** Whether any key of a tenant still holds material under a KEK version older than `below` (stops at the first). */
+    anyStillUnder: async (svmUuid: string, below: number, tx: Conn = db) =>
+      (await tx
+        .selectFrom('deks')
+        .select('id')
+        .where('svm_uuid', '=', svmUuid)
+        .where('kek_version', '<', below)
+        .where('wrapped', 'is not', null)
+        .limit(1)
+        .executeTakeFirst()) !== undefined,
+    /**
+     * The ids after `after` in id order, up to `limit` of them, and whether any of those keys still
+     * holds material under a KEK version older than `below`: a bounded slice of a check over the
+     * whole tenant, so no single statement walks every key (see rekey-job's verify phase).
+     */
+    sliceStillUnder: async (svmUuid: string, below: number, after: string, limit: number, tx: Conn = db): Promise<{ last: string | null; rows: number; found: boolean }> => {
+      const rows = await tx
+        .selectFrom('deks')
+        .select((eb) => ['id', 'kek_version', eb('wrapped', 'is not', null).as('material')])
+        .where('svm_uuid', '=', svmUuid)
+        .where('id', '>', after)
+        .orderBy('id')
+        .limit(limit)
+        .execute();
+      // `material` is 1/0 on SQLite, true/false on PostgreSQL.
+      return { last: rows.length ? rows[rows.length - 1].id : null, rows: rows.length, found: rows.some((r) => r.kek_version < below && Boolean(r.material)) };
+    },
     countStillUnder: async (svmUuid: string, below: number, tx: Conn = db) =>
       Number(
         (

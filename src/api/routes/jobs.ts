@@ -146,7 +146,7 @@ export function jobRoutes(s: Services) {
         const kek = await s.repos.keks.findActive(svm!.uuid);
         if (kek && kek.key_manager_uuid !== km!.uuid) fail('rekey_needs_migrate');
         // Destroyed keys have no material left to re-wrap: they do not count as keys here.
-        if (!kek || (await s.repos.deks.countStillUnder(svm!.uuid, 0x7fffffff)) === 0) fail('rekey_no_keys');
+        if (!kek || !(await s.repos.deks.anyStillUnder(svm!.uuid, 0x7fffffff))) fail('rekey_no_keys');
         const who = actor(req);
         const job = await s.store.db.transaction().execute(async (tx) => {
           await s.keyStores.rekeyGate(svm!.uuid, km!, tx); // again, locked: a switch or migration may have started meanwhile
