@@ -733,8 +733,10 @@ for (const store of STORES) {
       const auth = s.app.services.auth;
       const real = auth.authenticate;
       let verified = 0;
+      // Counts the KMIP credential's checks only: API calls authenticate with the bearer token, and
+      // do so again whenever its cache entry has aged out (a slow machine).
       auth.authenticate = (header) => {
-        verified += 1;
+        if (header?.startsWith('Basic ')) verified += 1;
         return real(header);
       };
       const k = await RawKmip.connect(port, pki, stranger);
@@ -818,8 +820,10 @@ for (const store of STORES) {
       const a = await user();
       const real = auth.authenticate;
       let verified = 0;
+      // Counts the KMIP credential's checks only: API calls authenticate with the bearer token, and
+      // do so again whenever its cache entry has aged out (a slow machine).
       auth.authenticate = (header) => {
-        verified += 1;
+        if (header?.startsWith('Basic ')) verified += 1;
         return real(header);
       };
       const k = await RawKmip.connect(port, pki, stranger);
