@@ -12,22 +12,15 @@
  * which shows which server a node used.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PASSPHRASE, STORES, dataKeys, expectAllUnwrap, expectError, noteSecret, startServer, startWithOkm, type DataKey, type TestServer } from './helpers.js';
-import { makeTestPki, pykmipAvailable, startPykmipServer, type PykmipServer, type TestPki } from '../src/kmip/testing/pykmip.js';
+import { makeTestPki, pykmipAvailable, startPykmipServer, startTcpRelay, type PykmipServer, type TcpRelay, type TestPki } from '../src/kmip/testing/pykmip.js';
 
 const KM = '/api/security/key-managers';
 
-interface Relay {
-  name: string;
-  /** Connections accepted since start. */
-  connections: number;
-  /** Stops listening and drops its connections: the server went away. */
-  close(): Promise<void>;
-}
+type Relay = TcpRelay;
 
 let dir: string;
 let pki: TestPki;
@@ -35,34 +28,7 @@ let py: PykmipServer;
 const relays: Relay[] = [];
 
 async function startRelay(): Promise<Relay> {
-  const open = new Set<Socket>();
-  let closed = false;
-  const server: Server = createServer((c) => {
-    relay.connections += 1;
-    const u = connect(py.port, '127.0.0.1');
-    for (const x of [c, u]) {
-      open.add(x);
-      x.on('error', () => undefined);
-      x.on('close', () => {
-        open.delete(x);
-        c.destroy();
-        u.destroy();
-      });
-    }
-    c.pipe(u);
-    u.pipe(c);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const relay: Relay = {
-    name: `127.0.0.1:${(server.address() as { port: number }).port}`,
-    connections: 0,
-    async close() {
-      if (closed) return;
-      closed = true;
-      for (const x of open) x.destroy();
-      await new Promise((r) => server.close(r));
-    },
-  };
+  const relay = await startTcpRelay(py.port);
   relays.push(relay);
   return relay;
 }

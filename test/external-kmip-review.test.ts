@@ -13,12 +13,11 @@
  */
 import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { STORES, noteSecret, startServer, startWithOkm, type TestServer } from './helpers.js';
-import { makeTestPki, pykmipAvailable, startPykmipServer, type PykmipServer, type TestPki } from '../src/kmip/testing/pykmip.js';
+import { makeTestPki, onPykmip, pykmipAvailable, startPykmipServer, startTcpRelay, type PykmipServer, type TcpRelay, type TestPki } from '../src/kmip/testing/pykmip.js';
 import { KmipClient } from '../src/kmip/client.js';
 import { State } from '../src/kmip/enums.js';
 import { createKeyring } from '../src/hierarchy/keyring.js';
@@ -35,9 +34,8 @@ let pki: TestPki;
 let py: PykmipServer;
 // A second name for the same KMIP server (a TCP relay on another port): two primaries that return
 // the same root, as two nodes of one KMIP cluster would.
-let relay: Server;
+let relay: TcpRelay;
 let relayPort: number;
-const relayed = new Set<Socket>();
 
 beforeAll(async () => {
   if (!pykmipAvailable()) throw new Error('Debian python3-pykmip is not installed (apt-get install -y python3-pykmip)');
@@ -45,40 +43,18 @@ beforeAll(async () => {
   pki = makeTestPki(dir);
   noteSecret(pki.client.key.toString('utf8').split('\n')[1]);
   py = await startPykmipServer(pki, { name: 'review' });
-  relay = createServer((c) => {
-    const u = connect(py.port, '127.0.0.1');
-    for (const x of [c, u]) {
-      relayed.add(x);
-      x.on('error', () => undefined);
-      x.on('close', () => {
-        relayed.delete(x);
-        c.destroy();
-        u.destroy();
-      });
-    }
-    c.pipe(u);
-    u.pipe(c);
-  });
-  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
-  relayPort = (relay.address() as { port: number }).port;
+  relay = await startTcpRelay(py.port);
+  relayPort = relay.port;
 }, 60_000);
 
 afterAll(async () => {
-  for (const x of relayed) x.destroy();
-  await new Promise((r) => relay?.close(r));
+  await relay?.close();
   py?.kill();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 /** A KMIP client of our own, to look at the server as an operator would (Locate, Get, State). */
-async function onServer<T>(fn: (c: KmipClient) => Promise<T>): Promise<T> {
-  const c = new KmipClient({ servers: [{ host: '127.0.0.1', port: py.port }], ca: pki.caPem, cert: pki.client.cert, key: pki.client.key, timeoutMs: 10_000 });
-  try {
-    return await fn(c);
-  } finally {
-    c.close();
-  }
-}
+const onServer = <T>(fn: (c: KmipClient) => Promise<T>): Promise<T> => onPykmip(py, pki, fn);
 
 /** The key-check value as documented (HKDF-SHA256 of the root, then HMAC-SHA256 of the label and the uuid), computed here independently. */
 function expectedKcv(kmUuid: string, root: Buffer): string {

@@ -87,6 +87,23 @@ function vsphereCreate(): RequestBatchItem {
   };
 }
 
+/**
+ * A server with its KMIP port up, an SVM with an onboard key manager, a client certificate installed
+ * for that SVM (`client`) and one that is not (`stranger`).
+ */
+async function kmipFixture(store: (typeof STORES)[number], prefix: string, svmName: string, clientCn: string, strangerCn: string) {
+  const pki = makePki(prefix);
+  const s = await startWithOkm({ store, kmip: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert } });
+  const r = await s.call('POST', '/api/svm/svms', { name: svmName });
+  expect(r.status, JSON.stringify(r.body)).toBe(201);
+  const svm = { uuid: r.headers.get('location')!.split('/').pop()!, name: svmName };
+  expect((await s.call('POST', '/api/security/key-managers', { svm: { name: svm.name }, onboard: { passphrase: PASSPHRASE } })).status).toBe(201);
+  const client = pki.client(clientCn);
+  const stranger = pki.client(strangerCn);
+  expect((await s.call('POST', '/api/security/certificates', { svm: { name: svm.name }, type: 'client', public_certificate: client.pem })).status).toBe(201);
+  return { s, pki, client, stranger, svm, port: s.app.kmip!.port };
+}
+
 for (const store of STORES) {
   describe(`KMIP server on ${store}`, () => {
     let s: TestServer;
@@ -97,16 +114,7 @@ for (const store of STORES) {
     let port: number;
 
     beforeAll(async () => {
-      pki = makePki('ks-kmip-');
-      s = await startWithOkm({ store, kmip: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert } });
-      port = s.app.kmip!.port;
-      const r = await s.call('POST', '/api/svm/svms', { name: 'kmipsvm' });
-      svm = { uuid: r.headers.get('location')!.split('/').pop()!, name: 'kmipsvm' };
-      await s.call('POST', '/api/security/key-managers', { svm: { name: svm.name }, onboard: { passphrase: PASSPHRASE } });
-      client = pki.client('vcenter.example');
-      stranger = pki.client('not-installed');
-      const c = await s.call('POST', '/api/security/certificates', { svm: { name: svm.name }, type: 'client', public_certificate: client.pem });
-      expect(c.status).toBe(201);
+      ({ s, pki, client, stranger, svm, port } = await kmipFixture(store, 'ks-kmip-', 'kmipsvm', 'vcenter.example', 'not-installed'));
     });
     afterAll(() => s?.close());
 
@@ -632,15 +640,7 @@ for (const store of STORES) {
     let port: number;
 
     beforeAll(async () => {
-      pki = makePki('ks-kmip-review-');
-      s = await startWithOkm({ store, kmip: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert } });
-      port = s.app.kmip!.port;
-      const r = await s.call('POST', '/api/svm/svms', { name: 'kmipreview' });
-      svm = { uuid: r.headers.get('location')!.split('/').pop()!, name: 'kmipreview' };
-      await s.call('POST', '/api/security/key-managers', { svm: { name: svm.name }, onboard: { passphrase: PASSPHRASE } });
-      client = pki.client('review.example');
-      stranger = pki.client('review-stranger');
-      expect((await s.call('POST', '/api/security/certificates', { svm: { name: svm.name }, type: 'client', public_certificate: client.pem })).status).toBe(201);
+      ({ s, pki, client, stranger, svm, port } = await kmipFixture(store, 'ks-kmip-review-', 'kmipreview', 'review.example', 'review-stranger'));
     });
     afterAll(() => s?.close());
 

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { STORES, expectError, noteSecret, startWithOkm, type TestServer } from './helpers.js';
-import { makeTestPki, pykmipAvailable, startPykmipServer, type PykmipServer, type TestPki } from '../src/kmip/testing/pykmip.js';
+import { makeTestPki, pykmipAvailable, startPykmipServer, onPykmip, type PykmipServer, type TestPki } from '../src/kmip/testing/pykmip.js';
 import { KmipClient } from '../src/kmip/client.js';
 import { createKmipConnector, createKmipKeyManager } from '../src/keymanagers/kmip-key-manager.js';
 import { createKmipConfigService } from '../src/keymanagers/kmip-config-service.js';
@@ -46,14 +46,7 @@ afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function onServer<T>(fn: (c: KmipClient) => Promise<T>): Promise<T> {
-  const c = new KmipClient({ servers: [{ host: '127.0.0.1', port: py.port }], ca: pki.caPem, cert: pki.client.cert, key: pki.client.key, timeoutMs: 10_000 });
-  try {
-    return await fn(c);
-  } finally {
-    c.close();
-  }
-}
+const onServer = <T>(fn: (c: KmipClient) => Promise<T>): Promise<T> => onPykmip(py, pki, fn);
 
 /** Settles to whether `p` settled within `ms`, without consuming its outcome. */
 async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {

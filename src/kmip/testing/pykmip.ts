@@ -4,7 +4,8 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { KmipClient } from '../client.js';
 import { join } from 'node:path';
 
 export interface TestPki {
@@ -123,4 +124,59 @@ export async function startPykmipServer(pki: TestPki, opts: { name?: string; tim
     await new Promise((r) => setTimeout(r, 100));
   }
   return { port, logPath, kill };
+}
+
+/** Runs `fn` with a Keysmith KMIP client of the test PKI connected to `py`, as an operator would look at the server. */
+export async function onPykmip<T>(py: PykmipServer, pki: TestPki, fn: (c: KmipClient) => Promise<T>): Promise<T> {
+  const c = new KmipClient({ servers: [{ host: '127.0.0.1', port: py.port }], ca: pki.caPem, cert: pki.client.cert, key: pki.client.key, timeoutMs: 10_000 });
+  try {
+    return await fn(c);
+  } finally {
+    c.close();
+  }
+}
+
+/** A TCP relay to a local port: another address for the same KMIP server, which a test can take away. */
+export interface TcpRelay {
+  /** host:port of the relay, as key-server settings name it. */
+  name: string;
+  port: number;
+  /** Connections accepted so far. */
+  connections: number;
+  /** Stops listening and drops its connections: the server went away. */
+  close(): Promise<void>;
+}
+
+export async function startTcpRelay(targetPort: number): Promise<TcpRelay> {
+  const open = new Set<Socket>();
+  let closed = false;
+  const server: Server = createServer((c) => {
+    relay.connections += 1;
+    const u = connect(targetPort, '127.0.0.1');
+    for (const x of [c, u]) {
+      open.add(x);
+      x.on('error', () => undefined);
+      x.on('close', () => {
+        open.delete(x);
+        c.destroy();
+        u.destroy();
+      });
+    }
+    c.pipe(u);
+    u.pipe(c);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  const relay: TcpRelay = {
+    name: `127.0.0.1:${port}`,
+    port,
+    connections: 0,
+    async close() {
+      if (closed) return;
+      closed = true;
+      for (const x of open) x.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+  return relay;
 }
