@@ -346,6 +346,25 @@ for (const store of STORES) {
         for (const k of keys) expect((await s.call('POST', `/api/v1/svms/${svm.uuid}/unwrap`, { wrapped: k.wrapped })).body.plaintext).toBe(k.plaintext);
       }, 60_000);
 
+      it('with two server addresses a refused root is kept, not destroyed: a reconnect could have reached the other server', async () => {
+        const svm = await newSvm('twoaddrvs');
+        await createKm(svm.name);
+        const { service, connector } = serviceWith({ keyManagers: { findEnabledForSvm: async (u: string, tx?: unknown) => (tx ? s.app.services.repos.keyManagers.findEnabledForSvm(u, tx as never) : undefined) } });
+        const name = `review-two-${store}-${randomBytes(4).toString('hex')}`;
+        const row = (await s.app.services.svms.resolve(svm.uuid))!;
+        try {
+          await expect(service.create(row, external([{ server: P(), timeout: 5 }, { server: X(), timeout: 5 }]), WHO, { rootName: name })).rejects.toMatchObject({ code: '65600016' });
+        } finally {
+          connector.close();
+        }
+        const [uid] = await onServer((c) => c.locateByName(name));
+        expect(uid).toBeDefined();
+        expect(await onServer((c) => c.getState(uid))).toBe(State.Active);
+        await s.app.services.audit.drain();
+        const ev = (await s.app.services.store.db.selectFrom('audit_events').selectAll().where('action', '=', 'key_manager.create').where('outcome', '=', 'failure').execute()).map((e) => JSON.parse(e.detail ?? '{}'));
+        expect(ev).toContainEqual(expect.objectContaining({ code: '65600016', root_object: uid, root_cleanup: 'kept_several_servers' }));
+      }, 60_000);
+
       it('a commit reported failed that did happen: the root the store refers to is kept, active', async () => {
         const svm = await newSvm('commitvs');
         const real = s.app.services.store.db;

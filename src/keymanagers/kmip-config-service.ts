@@ -159,6 +159,8 @@ export function createKmipConfigService(deps: {
   // at boot would outlast the server's return), and settings changed on another node are adopted
   // (one read of the revisions, see tick).
   let ticker: NodeJS.Timeout | undefined;
+  // Set by close(): a load or tick still running then starts no timer and no further work.
+  let closed = false;
   // The tick in progress: ticks run one at a time (the timer skips a turn while one runs).
   let ticking: Promise<unknown> | undefined;
   let pending = false;
@@ -218,6 +220,9 @@ export function createKmipConfigService(deps: {
     return { key_manager_uuid: km.uuid, node_id: keyring.node.id, blob: sealSecrets(keyring.node, km, secrets), created_at: t };
   }
 
+  /** Whether every operation on `endpoint` reaches one and the same server (one primary, no secondaries). */
+  const oneAddress = (endpoint: KmipEndpoint) => endpoint.servers.length === 1 && endpoint.servers[0].secondary.length === 0;
+
   /** Records what became of a root created for a configuration that was refused (ids and codes only). */
   async function auditDiscard(svm: SvmRow, who: Actor, kmUuid: string, uid: string, cleanup: string, cause: unknown): Promise<void> {
     const code = cause instanceof KeysmithError ? cause.code : new KeysmithError('internal').code;
@@ -242,8 +247,15 @@ export function createKmipConfigService(deps: {
           await c.activate(uid);
           return { uid, root: await fetchRoot(c, uid) };
         } catch (e) {
-          // Made by this request a moment ago, recorded nowhere: not left on the server.
-          discarded.push({ uid, cleanup: await destroyRoot(c, uid).then(() => 'destroyed', () => 'failed') });
+          // Made by this request a moment ago, recorded nowhere: not left on the server. Only where
+          // the settings name one address: with several, the client may have reconnected to another
+          // server since the Create, where the same id can name someone else's key.
+          const cleanup = !oneAddress(endpoint)
+            ? 'kept_several_servers'
+            : (await deps.keyManagers.findByRootId(uid).then((r) => r.length > 0, () => true))
+              ? 'kept_in_use'
+              : await destroyRoot(c, uid).then(() => 'destroyed', () => 'failed');
+          discarded.push({ uid, cleanup });
           throw e;
         }
       });
@@ -263,7 +275,11 @@ export function createKmipConfigService(deps: {
   async function discardRoot(endpoint: KmipEndpoint, uid: string, svm: SvmRow, who: Actor, kmUuid: string, cause: unknown): Promise<void> {
     let cleanup: string;
     try {
-      if ((await deps.keyManagers.findByRootId(uid)).length > 0) cleanup = 'kept_in_use';
+      // Destroyed only where that cannot reach another key: one address (see createRoot), and a
+      // refusal of ours, so the transaction surely did not commit (a lost connection may have).
+      if (!oneAddress(endpoint)) cleanup = 'kept_several_servers';
+      else if (!(cause instanceof KeysmithError)) cleanup = 'kept_outcome_unknown';
+      else if ((await deps.keyManagers.findByRootId(uid)).length > 0) cleanup = 'kept_in_use';
       else {
         await connector.once(endpoint, (c) => destroyRoot(c, uid));
         cleanup = 'destroyed';
@@ -612,7 +628,7 @@ export function createKmipConfigService(deps: {
     async loadAll(): Promise<{ loaded: string[]; failed: { uuid: string; code: string }[] }> {
       const loaded: string[] = [];
       const failed: { uuid: string; code: string }[] = [];
-      if (keyring.isSealed()) return { loaded, failed };
+      if (closed || keyring.isSealed()) return { loaded, failed };
       for (const km of await deps.keyManagers.list()) {
         if (km.type !== 'kmip') continue;
         try {
@@ -624,7 +640,7 @@ export function createKmipConfigService(deps: {
         }
       }
       pending = failed.length > 0;
-      if (!ticker) {
+      if (!ticker && !closed) {
         ticker = setInterval(() => {
           if (!ticking) void this.tick().catch(() => undefined);
         }, RETRY_MS);
@@ -644,7 +660,7 @@ export function createKmipConfigService(deps: {
       const run = (async () => {
         const refreshed: string[] = [];
         const refused: { uuid: string; code: string }[] = [];
-        if (keyring.isSealed()) return { refreshed, refused };
+        if (closed || keyring.isSealed()) return { refreshed, refused };
         for (const u of await deps.manager.changed()) {
           const km = await deps.keyManagers.findByUuid(u);
           if (!km || km.type !== 'kmip') continue;
@@ -655,7 +671,7 @@ export function createKmipConfigService(deps: {
             refused.push({ uuid: u, code: e instanceof KeysmithError ? e.code : 'internal' });
           }
         }
-        if (pending) await this.loadAll();
+        if (pending && !closed) await this.loadAll();
         return { refreshed, refused };
       })();
       ticking = run;
@@ -673,6 +689,7 @@ export function createKmipConfigService(deps: {
     },
 
     close(): void {
+      closed = true;
       if (ticker) clearInterval(ticker);
       ticker = undefined;
       connector.close();

@@ -469,7 +469,10 @@ export function createKmipKeyManager(deps: {
   async function load(config: KeyManagerRow, opts: { adopt?: boolean; outsideTx?: boolean } = {}): Promise<void> {
     if (keyring.isSealed()) fail('sealed');
     if (keyring.hasRoot(config)) return;
-    const slot = `${config.uuid}:${config.root_version}`;
+    // Callers share a load only with callers of the same kind: an `adopt` or `outsideTx` load reads and
+    // writes the store, and a caller inside a transaction that waited on it would wait on itself
+    // (SQLite has one connection, held by that transaction).
+    const slot = `${config.uuid}:${config.root_version}:${opts.adopt === true ? 'adopt' : opts.outsideTx === true ? 'out' : 'in'}`;
     let p = loading.get(slot);
     if (!p) {
       p = (async () => {
