@@ -157,7 +157,13 @@ export function openSecrets(node: NodeIdentity, km: Pick<KeyManagerRow, 'uuid' |
   const plain = open(node.sealKey, nodeSecretContext(km, node.id), blob);
   if (!plain) return null;
   try {
-    const raw = JSON.parse(plain.toString('utf8')) as { key: string; passwords?: unknown };
+    let raw: { key: string; passwords?: unknown };
+    try {
+      raw = JSON.parse(plain.toString('utf8')) as { key: string; passwords?: unknown };
+    } catch {
+      // JSON.parse's message quotes its input, here passwords and a private key: never passed on.
+      throw new Error(`the sealed KMIP secrets of key manager ${km.uuid} on this node are not readable`);
+    }
     const passwords: Record<string, string> = {};
     const legacy = Array.isArray(raw.passwords);
     if (Array.isArray(raw.passwords)) {
